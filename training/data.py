@@ -1,0 +1,305 @@
+"""Labelled sources onto the canonical schema, tokenized and batched (no Lightning here).
+
+Flow: :func:`load_split` reads one split of one source with ``datasets`` (local jsonl/csv/parquet or a hub
+id); :func:`to_canonical` maps its columns and label names onto the canonical schema of DESIGN section 2;
+:func:`encode` tokenizes and turns labels into targets (``-100``/NaN where a row has no label, so that
+head's loss is masked); :class:`Collator` pads a batch. ``datasets.map`` caches both steps by fingerprint.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+
+from training.config import DataConfig, SchemaConfig, SourceConfig, SplitConfig, source_split_files
+from training.tickers import find_mentions, spans_to_tokens
+
+IGNORE_INDEX = -100
+_EXT_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".gz": "json", ".zst": "json"}
+
+CANONICAL_FEATURES = datasets.Features(
+    {
+        "text": datasets.Value("string"),
+        "sentiment": datasets.Value("string"),
+        "sentiment_score": datasets.Value("float32"),
+        "impact": datasets.Value("float32"),
+        "topics": datasets.Sequence(datasets.Value("string")),
+        "has_topics": datasets.Value("bool"),
+        "entities": [
+            {
+                "ticker": datasets.Value("string"),
+                "sentiment_score": datasets.Value("float32"),
+                "aliases": datasets.Sequence(datasets.Value("string")),
+            }
+        ],
+        "source": datasets.Value("string"),
+    }
+)
+
+
+def _format_of(source: SourceConfig, files: Sequence[str]) -> str:
+    if source.format:
+        return source.format
+    ext = os.path.splitext(files[0])[1].lower()
+    if ext not in _EXT_FORMATS:
+        raise ValueError(f"cannot tell the format of {files[0]}; set the source's format to json, csv or parquet")
+    return _EXT_FORMATS[ext]
+
+
+def load_split(source: SourceConfig, split: SplitConfig) -> datasets.Dataset:
+    """Read one split of one source and apply its ``where`` filter."""
+    if source.format == "hub":
+        ds = datasets.load_dataset(source.root, split=split.path)
+    else:
+        files = source_split_files(source, split)
+        ds = datasets.load_dataset(_format_of(source, files), data_files=files, split="train")
+    assert isinstance(ds, datasets.Dataset)
+    if split.where:
+        for column in split.where:
+            if column not in ds.column_names:
+                raise ValueError(f"where: column '{column}' is not in {split.path} (columns: {ds.column_names})")
+        conditions = dict(split.where)
+        ds = ds.filter(lambda row: all(row[c] == v for c, v in conditions.items()))
+    return ds
+
+
+def label_score(label: str, scale: Sequence[str]) -> float:
+    """Position of ``label`` on the ordinal scale mapped linearly onto [-1, 1]."""
+    return 2.0 * scale.index(label) / (len(scale) - 1) - 1.0
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+class _Canonicalizer:
+    """Maps one batch of a source onto the canonical columns. A class so ``datasets`` can fingerprint it."""
+
+    def __init__(self, name: str, source: SourceConfig, schema: SchemaConfig):
+        self.name = name
+        self.columns = dict(source.columns)
+        self.label_map = {str(k): v for k, v in source.label_map.items()}
+        self.topic_map = {str(k): v for k, v in source.topic_map.items()}
+        self.scale = list(schema.sentiment_labels)
+        self.topics = set(schema.topics)
+
+    def _label(self, value: Any, key: str) -> str | None:
+        if _is_missing(value) or value == "":
+            return None
+        label = self.label_map.get(str(value), str(value))
+        if label not in self.scale:
+            raise ValueError(
+                f"data.sources.{self.name}: label '{value}' in column '{self.columns[key]}' is not on the scale "
+                f"{self.scale}; map it with data.sources.{self.name}.label_map"
+            )
+        return label
+
+    def _topics(self, value: Any) -> list[str] | None:
+        if _is_missing(value):
+            return None
+        raw = [value] if isinstance(value, str | int) else list(value)
+        mapped = [self.topic_map.get(str(t), str(t)) for t in raw]
+        unknown = [t for t in mapped if t not in self.topics]
+        if unknown:
+            raise ValueError(
+                f"data.sources.{self.name}: topics {unknown} are not in schema.topics; "
+                f"map them with data.sources.{self.name}.topic_map or add them to schema.topics"
+            )
+        return mapped
+
+    def _entities(self, batch: dict[str, list[Any]], i: int) -> list[dict[str, Any]]:
+        cols = self.columns
+        if "entities" in cols:
+            raw = batch[cols["entities"]][i] or []
+            return [
+                {
+                    "ticker": str(e["ticker"]),
+                    "sentiment_score": float("nan") if _is_missing(e.get("sentiment_score")) else e["sentiment_score"],
+                    "aliases": list(e.get("aliases") or []),
+                }
+                for e in raw
+            ]
+        if "ticker" not in cols or _is_missing(batch[cols["ticker"]][i]):
+            return []
+        score = float("nan")
+        if "ticker_score" in cols and not _is_missing(batch[cols["ticker_score"]][i]):
+            score = float(batch[cols["ticker_score"]][i])
+        elif "ticker_sentiment" in cols:
+            label = self._label(batch[cols["ticker_sentiment"]][i], "ticker_sentiment")
+            score = float("nan") if label is None else label_score(label, self.scale)
+        aliases = list(batch[cols["ticker_aliases"]][i] or []) if "ticker_aliases" in cols else []
+        ticker = str(batch[cols["ticker"]][i])
+        return [{"ticker": ticker, "sentiment_score": score, "aliases": aliases}]
+
+    def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        cols = self.columns
+        n = len(batch[cols["text"]])
+        out: dict[str, list[Any]] = {k: [] for k in CANONICAL_FEATURES}
+        for i in range(n):
+            text = batch[cols["text"]][i]
+            out["text"].append(text if isinstance(text, str) else "")
+            out["sentiment"].append(self._label(batch[cols["sentiment"]][i], "sentiment") if "sentiment" in cols else None)
+            for key in ("sentiment_score", "impact"):
+                value = batch[cols[key]][i] if key in cols else None
+                out[key].append(float("nan") if _is_missing(value) else float(value))
+            topics = self._topics(batch[cols["topics"]][i]) if "topics" in cols else None
+            out["topics"].append(topics or [])
+            out["has_topics"].append(topics is not None)
+            out["entities"].append(self._entities(batch, i))
+            out["source"].append(self.name)
+        return out
+
+
+def to_canonical(ds: datasets.Dataset, name: str, source: SourceConfig, schema: SchemaConfig) -> datasets.Dataset:
+    """Map a raw source split onto the canonical schema; rows without text are dropped."""
+    missing = [col for col in source.columns.values() if col not in ds.column_names]
+    if missing:
+        raise ValueError(
+            f"data.sources.{name}.columns names {missing}, which are not in the data (columns: {ds.column_names})"
+        )
+    mapped = ds.map(
+        _Canonicalizer(name, source, schema),
+        batched=True,
+        remove_columns=ds.column_names,
+        features=CANONICAL_FEATURES,
+        desc=f"canonical schema ({name})",
+    )
+    return mapped.filter(lambda row: bool(row["text"].strip()), desc=f"drop empty text ({name})")
+
+
+class _Encoder:
+    """Tokenizes canonical rows and builds per-head targets (masked where a label is absent)."""
+
+    def __init__(self, tokenizer: Any, schema: SchemaConfig, max_length: int):
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.scale = list(schema.sentiment_labels)
+        self.topics = list(schema.topics)
+
+    def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        enc = self.tokenizer(
+            batch["text"], truncation=True, max_length=self.max_length, return_offsets_mapping=True
+        )
+        sentiment_id, topic_targets, entity_tokens, entity_scores = [], [], [], []
+        for i, text in enumerate(batch["text"]):
+            label = batch["sentiment"][i]
+            sentiment_id.append(self.scale.index(label) if label is not None else IGNORE_INDEX)
+            if batch["has_topics"][i]:
+                topic_targets.append([1.0 if t in batch["topics"][i] else 0.0 for t in self.topics])
+            else:
+                topic_targets.append([])
+            tokens, scores = [], []
+            for ent in batch["entities"][i]:
+                idx = spans_to_tokens(enc["offset_mapping"][i], find_mentions(text, ent["ticker"], ent["aliases"]))
+                # A mention cut off by truncation (or not in the text) cannot be pooled: the row keeps its
+                # other labels and this entity is skipped.
+                if idx:
+                    tokens.append(idx)
+                    scores.append(ent["sentiment_score"])
+            entity_tokens.append(tokens)
+            entity_scores.append(scores)
+        return {
+            "input_ids": enc["input_ids"],
+            "attention_mask": enc["attention_mask"],
+            "sentiment_id": sentiment_id,
+            "topic_targets": topic_targets,
+            "entity_tokens": entity_tokens,
+            "entity_scores": entity_scores,
+        }
+
+
+MODEL_COLUMNS = [
+    "input_ids",
+    "attention_mask",
+    "sentiment_id",
+    "sentiment_score",
+    "impact",
+    "topic_targets",
+    "entity_tokens",
+    "entity_scores",
+]
+
+
+def encode(ds: datasets.Dataset, tokenizer: Any, schema: SchemaConfig, max_length: int) -> datasets.Dataset:
+    """Tokenize canonical rows into model inputs and masked targets (cached by ``datasets``)."""
+    encoded = ds.map(_Encoder(tokenizer, schema, max_length), batched=True, desc="tokenize")
+    return encoded.select_columns(MODEL_COLUMNS + ["source"])
+
+
+def _weighted(ds: datasets.Dataset, weight: float, seed: int) -> datasets.Dataset:
+    """Repeat (weight > 1) or subsample (weight < 1) a source's rows; 1.0 keeps each row once."""
+    if weight == 1.0 or len(ds) == 0:
+        return ds
+    rng = np.random.default_rng(seed)
+    n = max(1, round(len(ds) * weight))
+    whole, rest = divmod(n, len(ds))
+    indices = np.concatenate([np.tile(np.arange(len(ds)), whole), rng.permutation(len(ds))[:rest]])
+    return ds.select(indices.tolist())
+
+
+def build_splits(
+    data: DataConfig, schema: SchemaConfig, tokenizer: Any, max_length: int
+) -> dict[str, datasets.Dataset]:
+    """Every split of every source, canonicalised, encoded and mixed (training split weighted)."""
+    per_split: dict[str, list[datasets.Dataset]] = {}
+    for name, source in data.sources.items():
+        for split_name, split in source.splits.items():
+            ds = to_canonical(load_split(source, split), name, source, schema)
+            if source.max_samples is not None and len(ds) > source.max_samples:
+                ds = ds.shuffle(seed=data.seed).select(range(source.max_samples))
+            ds = encode(ds, tokenizer, schema, max_length)
+            if split_name == "train":
+                ds = _weighted(ds, source.weight, data.seed)
+            per_split.setdefault(split_name, []).append(ds)
+    return {k: v[0] if len(v) == 1 else datasets.concatenate_datasets(v) for k, v in per_split.items()}
+
+
+class Collator:
+    """Pads a list of encoded rows into a batch of tensors.
+
+    Targets absent for a row are ``-100`` (sentiment) or NaN (regressions, topics, tickers); the loss
+    masks them. Ticker mentions become ``entity_mask[b, e, t]`` (E = most entities in any row).
+    """
+
+    def __init__(self, pad_token_id: int, n_topics: int):
+        self.pad_token_id = pad_token_id
+        self.n_topics = n_topics
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        batch_size = len(rows)
+        length = max(len(r["input_ids"]) for r in rows)
+        n_entities = max((len(r.get("entity_tokens") or []) for r in rows), default=0)
+        input_ids = torch.full((batch_size, length), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((batch_size, length), dtype=torch.long)
+        entity_mask = torch.zeros((batch_size, n_entities, length), dtype=torch.bool)
+        entity_scores = torch.full((batch_size, n_entities), float("nan"))
+        topics = torch.full((batch_size, self.n_topics), float("nan"))
+        for b, row in enumerate(rows):
+            n = len(row["input_ids"])
+            input_ids[b, :n] = torch.as_tensor(row["input_ids"])
+            attention_mask[b, :n] = torch.as_tensor(row["attention_mask"])
+            for e, tokens in enumerate(row.get("entity_tokens") or []):
+                entity_mask[b, e, tokens] = True
+                entity_scores[b, e] = float(row["entity_scores"][e])
+            if row.get("topic_targets"):
+                topics[b] = torch.as_tensor(row["topic_targets"])
+        batch = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "entity_mask": entity_mask,
+            "entity_scores": entity_scores,
+            "topic_targets": topics,
+        }
+        if "sentiment_id" in rows[0]:
+            batch["sentiment_id"] = torch.tensor([r["sentiment_id"] for r in rows], dtype=torch.long)
+            for key in ("sentiment_score", "impact"):
+                batch[key] = torch.tensor(
+                    [float("nan") if r[key] is None else r[key] for r in rows], dtype=torch.float32
+                )
+        return batch

@@ -1,0 +1,232 @@
+"""Backbone + LoRA + heads, and the masked multi-task loss. No Lightning here: scoring reuses this file.
+
+One forward pass of a chunk yields every head: sentiment classes, a sentiment score (tanh), an impact
+(sigmoid), topic logits (multi-label) and one score per ticker. A ticker's score comes from pooling the
+token states of its mentions (``entity_mask``) next to the pooled chunk state, so all tickers of a chunk
+share the pass and scoring cost does not grow with their number.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from training.config import HEADS, LossConfig, ModelConfig, PeftConfig
+
+HEADS_FILE = "heads.safetensors"
+META_FILE = "newsimpact.json"
+FORMAT_VERSION = 1
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class LabelSchema:
+    """What the heads mean; saved with every artifact so downstream steps never ask again."""
+
+    sentiment_labels: list[str]
+    topics: list[str]
+
+    def to_dict(self) -> dict[str, list[str]]:
+        return asdict(self)
+
+
+def is_encoder(config: Any) -> bool:
+    """True for masked-LM style encoders (BERT/RoBERTa/DeBERTa), False for decoder LMs (Llama/Qwen/...)."""
+    from transformers import MODEL_FOR_MASKED_LM_MAPPING
+
+    return type(config) in MODEL_FOR_MASKED_LM_MAPPING and not getattr(config, "is_decoder", False)
+
+
+def resolve_pooling(pooling: str, backbone_config: Any) -> str:
+    if pooling != "auto":
+        return pooling
+    return "mean" if is_encoder(backbone_config) else "last"
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """Pool token states [B, T, H] into one vector per sequence [B, H]."""
+    mask = attention_mask.to(hidden.dtype).unsqueeze(-1)
+    if pooling == "mean":
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+    if pooling == "cls":
+        return hidden[:, 0]
+    # "last": the last attended position, whichever side the tokenizer pads on.
+    positions = torch.arange(attention_mask.shape[1], device=hidden.device)
+    last = (attention_mask * positions).argmax(dim=1)
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
+class NewsImpactModel(nn.Module):
+    """A Hugging Face backbone (optionally peft-wrapped) with the newsimpact heads."""
+
+    def __init__(self, backbone: nn.Module, schema: LabelSchema, pooling: str = "mean", head_dropout: float = 0.1):
+        super().__init__()
+        hidden = backbone.config.hidden_size
+        self.backbone = backbone
+        self.schema = schema
+        self.pooling = pooling
+        self.dropout = nn.Dropout(head_dropout)
+        self.heads = nn.ModuleDict(
+            {
+                "sentiment": nn.Linear(hidden, len(schema.sentiment_labels)),
+                "sentiment_score": nn.Linear(hidden, 1),
+                "impact": nn.Linear(hidden, 1),
+                "topics": nn.Linear(hidden, max(1, len(schema.topics))),
+                "tickers": nn.Linear(2 * hidden, 1),
+            }
+        )
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        entity_mask: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        hidden = hidden.to(self.heads["sentiment"].weight.dtype)
+        pooled = self.dropout(pool(hidden, attention_mask, self.pooling))
+        out = {
+            "sentiment_logits": self.heads["sentiment"](pooled),
+            "sentiment_score": torch.tanh(self.heads["sentiment_score"](pooled).squeeze(-1)),
+            "impact_logits": self.heads["impact"](pooled).squeeze(-1),
+            "topic_logits": self.heads["topics"](pooled)[:, : len(self.schema.topics)],
+        }
+        out["impact"] = torch.sigmoid(out["impact_logits"])
+        n_entities = 0 if entity_mask is None else entity_mask.shape[1]
+        if n_entities == 0:
+            # Run the ticker head on one empty slot and slice it away: its parameters stay in the autograd
+            # graph (zero gradient), which DDP requires of every parameter in every step.
+            entity_mask = torch.zeros(input_ids.shape[0], 1, input_ids.shape[1], dtype=torch.bool, device=hidden.device)
+        assert entity_mask is not None
+        weights = entity_mask.to(hidden.dtype)  # [B, E, T]
+        mentions = torch.bmm(weights, hidden) / weights.sum(-1, keepdim=True).clamp(min=1.0)  # [B, E, H]
+        context = pooled.unsqueeze(1).expand(-1, mentions.shape[1], -1)
+        ticker_in = self.dropout(torch.cat([mentions, context], dim=-1))
+        out["ticker_score"] = torch.tanh(self.heads["tickers"](ticker_in).squeeze(-1))[:, :n_entities]  # [B, E]
+        return out
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
+def compute_losses(
+    out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], weights: LossConfig
+) -> dict[str, torch.Tensor]:
+    """Per-head losses, each averaged over the rows that carry that label, plus their weighted ``loss``.
+
+    A head with no label in the batch contributes ``0 * output`` rather than nothing, so every trainable
+    parameter still receives a (zero) gradient: DDP needs no ``find_unused_parameters`` and
+    mixed-source batches need no special casing.
+    """
+    losses: dict[str, torch.Tensor] = {}
+    target = batch["sentiment_id"]
+    valid = target != -100
+    logits = out["sentiment_logits"]
+    losses["sentiment"] = (
+        F.cross_entropy(logits[valid], target[valid]) if valid.any() else logits.sum() * 0.0
+    )
+    for key, pred in (("sentiment_score", out["sentiment_score"]), ("impact", out["impact_logits"])):
+        y = batch[key]
+        mask = ~torch.isnan(y)
+        y0 = torch.nan_to_num(y)
+        if key == "impact":
+            per_row = F.binary_cross_entropy_with_logits(pred, y0.clamp(0, 1), reduction="none")
+        else:
+            per_row = (pred - y0) ** 2
+        losses[key] = _masked_mean(per_row, mask) if mask.any() else pred.sum() * 0.0
+    topic_y = batch["topic_targets"]
+    topic_mask = ~torch.isnan(topic_y)
+    topic_loss = F.binary_cross_entropy_with_logits(out["topic_logits"], torch.nan_to_num(topic_y), reduction="none")
+    losses["topics"] = _masked_mean(topic_loss, topic_mask) if topic_mask.any() else out["topic_logits"].sum() * 0.0
+    ent_y = batch["entity_scores"]
+    ent_mask = ~torch.isnan(ent_y)
+    ticker_loss = (out["ticker_score"] - torch.nan_to_num(ent_y)) ** 2
+    losses["tickers"] = _masked_mean(ticker_loss, ent_mask) if ent_mask.any() else out["ticker_score"].sum() * 0.0
+    total = sum(getattr(weights, head) * losses[head] for head in HEADS)
+    losses["loss"] = total  # type: ignore[assignment]
+    return losses
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False) -> Any:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        # Decoder LMs ship without a pad token; padding positions are masked out anyway.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_backbone(model_cfg: ModelConfig, peft_cfg: PeftConfig | None = None) -> nn.Module:
+    """The plain Hugging Face backbone (``AutoModel``), quantized when the peft config asks for QLoRA."""
+    from transformers import AutoModel
+
+    kwargs: dict[str, Any] = {"dtype": _DTYPES[model_cfg.dtype], "trust_remote_code": model_cfg.trust_remote_code}
+    if model_cfg.attn_implementation:
+        kwargs["attn_implementation"] = model_cfg.attn_implementation
+    if peft_cfg is not None and peft_cfg.quantization:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(**peft_cfg.quantization)
+    backbone = AutoModel.from_pretrained(model_cfg.pretrained_model_name_or_path, **kwargs)
+    if getattr(backbone, "pooler", None) is not None:
+        # BERT-style poolers are unused (we pool ourselves); dropping them keeps every parameter in the
+        # graph for DDP and keeps exports honest about what the model uses.
+        backbone.pooler = None
+    if model_cfg.gradient_checkpointing:
+        backbone.gradient_checkpointing_enable()
+    return backbone
+
+
+def apply_peft(backbone: nn.Module, peft_cfg: PeftConfig) -> nn.Module:
+    """Wrap the backbone with a peft LoRA/DoRA adapter, or leave it fully trainable (method=none)."""
+    if peft_cfg.method == "none":
+        return backbone
+    from peft import LoraConfig, TaskType, get_peft_model, prepare_model_for_kbit_training
+
+    if peft_cfg.quantization:
+        backbone = prepare_model_for_kbit_training(backbone)
+    target = peft_cfg.target_modules
+    lora = LoraConfig(
+        task_type=TaskType.FEATURE_EXTRACTION,
+        r=peft_cfg.r,
+        lora_alpha=peft_cfg.lora_alpha,
+        lora_dropout=peft_cfg.lora_dropout,
+        target_modules=target if isinstance(target, str) else list(target),
+        use_dora=peft_cfg.use_dora,
+        bias=peft_cfg.bias,
+    )
+    return get_peft_model(backbone, lora)
+
+
+def build_model(model_cfg: ModelConfig, peft_cfg: PeftConfig, schema: LabelSchema) -> NewsImpactModel:
+    """Backbone from ``model_cfg``, adapter from ``peft_cfg``, fresh heads for ``schema``."""
+    backbone = load_backbone(model_cfg, peft_cfg)
+    pooling = resolve_pooling(model_cfg.pooling, backbone.config)
+    backbone = apply_peft(backbone, peft_cfg)
+    return NewsImpactModel(backbone, schema, pooling=pooling, head_dropout=model_cfg.head_dropout)
+
+
+def trainable_state_dict(model: nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Only the parameters that train (adapter + heads): what checkpoints need to store."""
+    return {prefix + name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def save_trainable(model: NewsImpactModel, out_dir: str | os.PathLike[str], meta: dict[str, Any]) -> None:
+    """Write the adapter (or full backbone for method=none), the heads and ``newsimpact.json``."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.backbone.save_pretrained(out / "backbone")
+    heads = {k: v.detach().float().contiguous().cpu() for k, v in model.heads.state_dict().items()}
+    save_file(heads, str(out / HEADS_FILE))
+    (out / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))

@@ -1,0 +1,192 @@
+"""Lightning glue: the data module, the multi-task module and its per-head metrics."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torchmetrics
+from torch.utils.data import DataLoader
+from torchmetrics import classification as tmc
+from torchmetrics import regression as tmr
+
+from training.config import DataConfig, LossConfig, OptimConfig, SchemaConfig
+from training.data import Collator, build_splits
+from training.modeling import NewsImpactModel, compute_losses, trainable_state_dict
+
+
+class NewsDataModule(pl.LightningDataModule):
+    """Builds the encoded splits once (rank 0 fills the ``datasets`` cache, the others read it)."""
+
+    def __init__(self, data: DataConfig, schema: SchemaConfig, tokenizer: Any, max_length: int):
+        super().__init__()
+        self.data = data
+        self.schema = schema
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.splits: dict[str, Any] = {}
+        self.collate = Collator(tokenizer.pad_token_id, len(schema.topics))
+
+    def prepare_data(self) -> None:
+        build_splits(self.data, self.schema, self.tokenizer, self.max_length)
+
+    def setup(self, stage: str | None = None) -> None:
+        if not self.splits:
+            self.splits = build_splits(self.data, self.schema, self.tokenizer, self.max_length)
+
+    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.splits[split],  # type: ignore[arg-type]
+            batch_size=batch_size,
+            shuffle=shuffle,
+            collate_fn=self.collate,
+            num_workers=self.data.num_workers,
+            persistent_workers=self.data.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.data.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if "validation" not in self.splits:
+            return []
+        return self._loader("validation", self.data.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.data.eval_batch_size, shuffle=False)
+
+
+class HeadMetrics(torch.nn.Module):
+    """torchmetrics for every head, updated only on rows that carry that head's label."""
+
+    def __init__(self, n_classes: int, n_topics: int):
+        super().__init__()
+        self.sentiment = torchmetrics.MetricCollection(
+            {
+                "sentiment_acc": tmc.MulticlassAccuracy(n_classes, average="micro", ignore_index=-100),
+                "sentiment_f1_macro": tmc.MulticlassF1Score(n_classes, average="macro", ignore_index=-100),
+            }
+        )
+        self.regression = torch.nn.ModuleDict(
+            {
+                head: torchmetrics.MetricCollection({"mae": tmr.MeanAbsoluteError(), "spearman": tmr.SpearmanCorrCoef()})
+                for head in ("sentiment_score", "impact", "tickers")
+            }
+        )
+        self.topics = torchmetrics.MetricCollection(
+            {
+                "topics_f1_micro": tmc.MultilabelF1Score(max(1, n_topics), average="micro"),
+                "topics_f1_macro": tmc.MultilabelF1Score(max(1, n_topics), average="macro"),
+            }
+        )
+        self.n_topics = n_topics
+        # How many labelled rows each group saw this epoch (summed over ranks when computed).
+        self.register_buffer("counts", torch.zeros(5), persistent=False)
+
+    def update(self, out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> None:
+        valid = batch["sentiment_id"] != -100
+        if valid.any():
+            self.sentiment.update(out["sentiment_logits"][valid], batch["sentiment_id"][valid])
+            self.counts[0] += valid.sum()
+        pairs = (
+            ("sentiment_score", out["sentiment_score"], batch["sentiment_score"], 1),
+            ("impact", out["impact"], batch["impact"], 2),
+            ("tickers", out["ticker_score"].reshape(-1), batch["entity_scores"].reshape(-1), 3),
+        )
+        for head, pred, target, slot in pairs:
+            mask = ~torch.isnan(target)
+            if mask.any():
+                self.regression[head].update(pred[mask].float(), target[mask].float())
+                self.counts[slot] += mask.sum()
+        rows = ~torch.isnan(batch["topic_targets"]).any(dim=1)
+        if rows.any() and self.n_topics:
+            self.topics.update(torch.sigmoid(out["topic_logits"][rows]), batch["topic_targets"][rows].long())
+            self.counts[4] += rows.sum()
+
+    def compute(self) -> dict[str, float]:
+        counts = self.counts.clone()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(counts)
+        results: dict[str, float] = {}
+        if counts[0] > 0:
+            results.update({k: float(v) for k, v in self.sentiment.compute().items()})
+        for slot, head in ((1, "sentiment_score"), (2, "impact"), (3, "tickers")):
+            # Spearman needs at least two labelled rows.
+            if counts[slot] > 1:
+                results.update({f"{head}_{k}": float(v) for k, v in self.regression[head].compute().items()})
+        if counts[4] > 0:
+            results.update({k: float(v) for k, v in self.topics.compute().items()})
+        return {k: v for k, v in results.items() if not math.isnan(v)}
+
+    def reset(self) -> None:
+        self.sentiment.reset()
+        self.topics.reset()
+        for collection in self.regression.values():
+            collection.reset()
+        self.counts.zero_()
+
+
+class NewsImpactModule(pl.LightningModule):
+    """Masked multi-task fine-tuning of a :class:`NewsImpactModel`.
+
+    Checkpoints keep only trainable weights (adapter + heads); the frozen backbone is rebuilt from its
+    pretrained files, which is why loading is non-strict.
+    """
+
+    def __init__(self, model: NewsImpactModel, optim: OptimConfig, loss_weights: LossConfig):
+        super().__init__()
+        self.model = model
+        self.optim = optim
+        self.loss_weights = loss_weights
+        self.strict_loading = False
+        self.val_metrics = HeadMetrics(len(model.schema.sentiment_labels), len(model.schema.topics))
+        self.last_val_metrics: dict[str, float] = {}
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return self.model(batch["input_ids"], batch["attention_mask"], batch.get("entity_mask"))
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        losses = compute_losses(self(batch), batch, self.loss_weights)
+        size = batch["input_ids"].shape[0]
+        self.log("train/loss", losses["loss"], prog_bar=True, batch_size=size)
+        self.log_dict({f"train/loss_{k}": v for k, v in losses.items() if k != "loss"}, batch_size=size)
+        return losses["loss"]
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        out = self(batch)
+        losses = compute_losses(out, batch, self.loss_weights)
+        self.log("val/loss", losses["loss"], sync_dist=True, batch_size=batch["input_ids"].shape[0])
+        self.val_metrics.update(out, batch)
+
+    def on_validation_epoch_end(self) -> None:
+        metrics = self.val_metrics.compute()
+        self.val_metrics.reset()
+        self.last_val_metrics = metrics
+        # Already reduced across ranks by torchmetrics; logging on every rank keeps checkpoint monitors in step.
+        for key, value in metrics.items():
+            self.log(f"val/{key}", value, prog_bar=key == "sentiment_f1_macro")
+
+    def configure_optimizers(self) -> Any:
+        from transformers import get_scheduler
+
+        heads = [p for p in self.model.heads.parameters() if p.requires_grad]
+        head_ids = {id(p) for p in heads}
+        body = [p for p in self.model.parameters() if p.requires_grad and id(p) not in head_ids]
+        optimizer = torch.optim.AdamW(
+            [{"params": body, "lr": self.optim.lr}, {"params": heads, "lr": self.optim.head_lr}],
+            weight_decay=self.optim.weight_decay,
+            betas=tuple(self.optim.betas),  # type: ignore[arg-type]
+        )
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = get_scheduler(
+            self.optim.scheduler,
+            optimizer,
+            num_warmup_steps=int(self.optim.warmup_ratio * total),
+            num_training_steps=total,
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["state_dict"] = trainable_state_dict(self, prefix="")

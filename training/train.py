@@ -1,0 +1,182 @@
+"""Fine-tune a newsimpact model: ``python -m training.train [overrides]``.
+
+``main`` is the only function that sees Hydra; ``run(config, run_dir)`` is the recipe and what tests call.
+A run directory holds ``checkpoints/`` (adapter + heads only; ``last.ckpt`` for ``resume=true``),
+``adapter/`` (the final weights for export), ``run.json`` and ``metrics.csv``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import time
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+
+from training.config import TrainConfig, exit_on_config_error, load_config, validate_train_config
+from training.modeling import FORMAT_VERSION, LabelSchema, build_model, load_tokenizer, save_trainable
+from training.module import NewsDataModule, NewsImpactModule
+
+log = logging.getLogger("newsimpact.train")
+
+
+def config_hash(config: TrainConfig) -> str:
+    """Hash of everything that defines the model (not where it is written or whether it resumes)."""
+    payload = asdict(config)
+    for key in ("run_dir", "resume", "name"):
+        payload.pop(key, None)
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def git_revision() -> str | None:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def build_loggers(config: TrainConfig, run_dir: Path) -> list[Any]:
+    from pytorch_lightning.loggers import CSVLogger
+
+    loggers: list[Any] = []
+    for name in config.loggers:
+        if name == "csv":
+            # name="" and version="" put metrics.csv straight into the run directory; on resume the
+            # logger appends to it.
+            loggers.append(CSVLogger(save_dir=str(run_dir), name="", version=""))
+        elif name == "tensorboard":
+            from pytorch_lightning.loggers import TensorBoardLogger
+
+            loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version=""))
+        elif name == "mlflow":
+            from pytorch_lightning.loggers import MLFlowLogger
+
+            # Tracking URI from MLFLOW_TRACKING_URI, as mlflow itself reads it; local ./mlruns otherwise.
+            loggers.append(MLFlowLogger(experiment_name=config.name, tracking_uri=os.environ.get("MLFLOW_TRACKING_URI")))
+    return loggers
+
+
+def build_trainer(config: TrainConfig, run_dir: Path) -> pl.Trainer:
+    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+
+    ckpt = config.checkpoint
+    callbacks: list[Any] = [
+        ModelCheckpoint(
+            dirpath=str(run_dir / "checkpoints"),
+            filename="step{step}",
+            auto_insert_metric_name=False,
+            save_last=True,
+            every_n_train_steps=ckpt.every_n_train_steps,
+            monitor=ckpt.monitor,
+            mode=ckpt.mode,
+            save_top_k=ckpt.save_top_k if ckpt.monitor else 1,
+        )
+    ]
+    if config.loggers:
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
+    trainer_kwargs = asdict(config.trainer)
+    return pl.Trainer(
+        default_root_dir=str(run_dir),
+        logger=build_loggers(config, run_dir) or False,
+        callbacks=callbacks,
+        **trainer_kwargs,
+    )
+
+
+def write_run_json(run_dir: Path, payload: dict[str, Any]) -> None:
+    tmp = run_dir / "run.json.tmp"
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
+    tmp.replace(run_dir / "run.json")
+
+
+def run(config: TrainConfig, run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Train from a validated config; returns the contents of ``run.json``."""
+    run_path = Path(run_dir)
+    run_path.mkdir(parents=True, exist_ok=True)
+    pl.seed_everything(config.seed, workers=True)
+    schema = LabelSchema(list(config.schema.sentiment_labels), list(config.schema.topics))
+    tokenizer = load_tokenizer(config.model.pretrained_model_name_or_path, config.model.trust_remote_code)
+    datamodule = NewsDataModule(config.data, config.schema, tokenizer, config.model.max_length)
+    model = build_model(config.model, config.peft, schema)
+    module = NewsImpactModule(model, config.optim, config.loss)
+    trainer = build_trainer(config, run_path)
+
+    info: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "name": config.name,
+        "status": "running",
+        "base_model": config.model.pretrained_model_name_or_path,
+        "schema": schema.to_dict(),
+        "max_length": config.model.max_length,
+        "pooling": model.pooling,
+        "head_dropout": config.model.head_dropout,
+        "peft": asdict(config.peft),
+        "config": asdict(config),
+        "config_hash": config_hash(config),
+        "git_revision": git_revision(),
+        "started_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+    }
+    if trainer.is_global_zero:
+        write_run_json(run_path, info)
+    last = run_path / "checkpoints" / "last.ckpt"
+    ckpt_path = str(last) if config.resume else None
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    info.update(
+        status="finished",
+        finished_at=dt.datetime.now(dt.timezone.utc).isoformat(),
+        train_seconds=round(time.perf_counter() - start, 1),
+        global_step=trainer.global_step,
+        epochs=trainer.current_epoch,
+        metrics={k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1},
+        val_metrics=module.last_val_metrics,
+        num_trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        resumed_from=ckpt_path,
+    )
+    if trainer.is_global_zero:
+        save_trainable(model, run_path / "adapter", {k: info[k] for k in ("format_version", "base_model", "schema", "max_length", "pooling", "head_dropout", "peft", "config_hash")})
+        tokenizer.save_pretrained(run_path / "adapter")
+        write_run_json(run_path, info)
+        log.info("run finished: %s (step %d, %.0fs)", run_path, trainer.global_step, info["train_seconds"])
+    return info
+
+
+def _quiet_known_warnings() -> None:
+    # The run directory also holds checkpoints and run.json, which CSVLogger mistakes for old logs.
+    warnings.filterwarnings("ignore", message=".*Experiment logs directory .* exists and is not empty.*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
+
+
+@hydra.main(config_path="../configs", config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    _quiet_known_warnings()
+
+    def _load() -> TrainConfig:
+        config = load_config(cfg, TrainConfig)
+        validate_train_config(config)
+        return config
+
+    config = exit_on_config_error(_load)
+    log.info("config:\n%s", OmegaConf.to_yaml(OmegaConf.structured(config)))
+    run(config, config.run_dir)
+
+
+if __name__ == "__main__":
+    main()
