@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException, ValidationError
 
 DEFAULT_SENTIMENT_LABELS = ["strongly negative", "negative", "neutral", "positive", "strongly positive"]
 DEFAULT_TOPICS = [
@@ -118,6 +118,7 @@ class DataConfig:
     sources: dict[str, SourceConfig] = field(default_factory=dict)
     batch_size: int = 16
     eval_batch_size: int = 64
+    group_by_length: bool = True  # batches of similar length (less padding), still in random order
     num_workers: int = 0
     seed: int = 13
 
@@ -191,6 +192,8 @@ T = TypeVar("T")
 
 def _describe_omegaconf_error(err: OmegaConfBaseException) -> str:
     key = getattr(err, "full_key", None) or getattr(err, "key", None) or "?"
+    if isinstance(err, MissingMandatoryValue):
+        return f"'{key}' is required; pass {key}=..."
     if isinstance(err, ConfigKeyError):
         owner = getattr(err, "object_type", None)
         known = ""
@@ -238,7 +241,9 @@ def _check_source(name: str, source: SourceConfig, schema: SchemaConfig, problem
         problems.append(f"{key}.columns has no 'text' entry; name the column that holds the article text")
     for canon in source.columns:
         if canon not in CANONICAL_COLUMNS:
-            problems.append(f"{key}.columns.{canon} is not a canonical field; use one of {', '.join(CANONICAL_COLUMNS)}")
+            problems.append(
+                f"{key}.columns.{canon} is not a canonical field; use one of {', '.join(CANONICAL_COLUMNS)}"
+            )
     for src_label, label in source.label_map.items():
         if label not in schema.sentiment_labels:
             problems.append(

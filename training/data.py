@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import datasets
@@ -21,7 +21,14 @@ from training.config import DataConfig, SchemaConfig, SourceConfig, SplitConfig,
 from training.tickers import find_mentions, spans_to_tokens
 
 IGNORE_INDEX = -100
-_EXT_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".gz": "json", ".zst": "json"}
+_EXT_FORMATS = {
+    ".jsonl": "json",
+    ".json": "json",
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".gz": "json",
+    ".zst": "json",
+}
 
 CANONICAL_FEATURES = datasets.Features(
     {
@@ -48,7 +55,9 @@ def _format_of(source: SourceConfig, files: Sequence[str]) -> str:
         return source.format
     ext = os.path.splitext(files[0])[1].lower()
     if ext not in _EXT_FORMATS:
-        raise ValueError(f"cannot tell the format of {files[0]}; set the source's format to json, csv or parquet")
+        raise ValueError(
+            f"cannot tell the format of {files[0]}; set the source's format to json, csv or parquet"
+        )
     return _EXT_FORMATS[ext]
 
 
@@ -63,7 +72,9 @@ def load_split(source: SourceConfig, split: SplitConfig) -> datasets.Dataset:
     if split.where:
         for column in split.where:
             if column not in ds.column_names:
-                raise ValueError(f"where: column '{column}' is not in {split.path} (columns: {ds.column_names})")
+                raise ValueError(
+                    f"where: column '{column}' is not in {split.path} (columns: {ds.column_names})"
+                )
         conditions = dict(split.where)
         ds = ds.filter(lambda row: all(row[c] == v for c, v in conditions.items()))
     return ds
@@ -120,7 +131,9 @@ class _Canonicalizer:
             return [
                 {
                     "ticker": str(e["ticker"]),
-                    "sentiment_score": float("nan") if _is_missing(e.get("sentiment_score")) else e["sentiment_score"],
+                    "sentiment_score": float("nan")
+                    if _is_missing(e.get("sentiment_score"))
+                    else e["sentiment_score"],
                     "aliases": list(e.get("aliases") or []),
                 }
                 for e in raw
@@ -144,10 +157,12 @@ class _Canonicalizer:
         for i in range(n):
             text = batch[cols["text"]][i]
             out["text"].append(text if isinstance(text, str) else "")
-            out["sentiment"].append(self._label(batch[cols["sentiment"]][i], "sentiment") if "sentiment" in cols else None)
+            out["sentiment"].append(
+                self._label(batch[cols["sentiment"]][i], "sentiment") if "sentiment" in cols else None
+            )
             for key in ("sentiment_score", "impact"):
                 value = batch[cols[key]][i] if key in cols else None
-                out[key].append(float("nan") if _is_missing(value) else float(value))
+                out[key].append(float("nan") if value is None or _is_missing(value) else float(value))
             topics = self._topics(batch[cols["topics"]][i]) if "topics" in cols else None
             out["topics"].append(topics or [])
             out["has_topics"].append(topics is not None)
@@ -156,7 +171,9 @@ class _Canonicalizer:
         return out
 
 
-def to_canonical(ds: datasets.Dataset, name: str, source: SourceConfig, schema: SchemaConfig) -> datasets.Dataset:
+def to_canonical(
+    ds: datasets.Dataset, name: str, source: SourceConfig, schema: SchemaConfig
+) -> datasets.Dataset:
     """Map a raw source split onto the canonical schema; rows without text are dropped."""
     missing = [col for col in source.columns.values() if col not in ds.column_names]
     if missing:
@@ -196,7 +213,9 @@ class _Encoder:
                 topic_targets.append([])
             tokens, scores = [], []
             for ent in batch["entities"][i]:
-                idx = spans_to_tokens(enc["offset_mapping"][i], find_mentions(text, ent["ticker"], ent["aliases"]))
+                idx = spans_to_tokens(
+                    enc["offset_mapping"][i], find_mentions(text, ent["ticker"], ent["aliases"])
+                )
                 # A mention cut off by truncation (or not in the text) cannot be pooled: the row keeps its
                 # other labels and this entity is skipped.
                 if idx:
@@ -244,12 +263,21 @@ def _weighted(ds: datasets.Dataset, weight: float, seed: int) -> datasets.Datase
 
 
 def build_splits(
-    data: DataConfig, schema: SchemaConfig, tokenizer: Any, max_length: int
+    data: DataConfig,
+    schema: SchemaConfig,
+    tokenizer: Any,
+    max_length: int,
+    only: Sequence[str] | None = None,
 ) -> dict[str, datasets.Dataset]:
-    """Every split of every source, canonicalised, encoded and mixed (training split weighted)."""
+    """Every split (or the ``only`` ones) of every source, canonicalised, encoded and mixed.
+
+    The training split of each source is repeated or subsampled by its ``weight``.
+    """
     per_split: dict[str, list[datasets.Dataset]] = {}
     for name, source in data.sources.items():
         for split_name, split in source.splits.items():
+            if only is not None and split_name not in only:
+                continue
             ds = to_canonical(load_split(source, split), name, source, schema)
             if source.max_samples is not None and len(ds) > source.max_samples:
                 ds = ds.shuffle(seed=data.seed).select(range(source.max_samples))
@@ -258,6 +286,38 @@ def build_splits(
                 ds = _weighted(ds, source.weight, data.seed)
             per_split.setdefault(split_name, []).append(ds)
     return {k: v[0] if len(v) == 1 else datasets.concatenate_datasets(v) for k, v in per_split.items()}
+
+
+class LengthGroupedSampler(torch.utils.data.Sampler[int]):
+    """A shuffled order in which each run of ``batch_size`` indices has similar lengths.
+
+    Indices are shuffled, cut into mega-batches of ``mega_batches * batch_size``, sorted by length inside
+    each, cut into batches, and the batches shuffled: batches stay random, padding mostly disappears
+    (the idea of transformers' ``group_by_length``). Under DDP Lightning wraps it in a distributed sampler.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0, mega_batches: int = 50):
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.mega = mega_batches * batch_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self) -> Iterator[int]:
+        gen = torch.Generator().manual_seed(self.seed + self.epoch)
+        perm = torch.randperm(len(self.lengths), generator=gen).tolist()
+        batches: list[list[int]] = []
+        for start in range(0, len(perm), self.mega):
+            chunk = sorted(perm[start : start + self.mega], key=self.lengths.__getitem__, reverse=True)
+            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        for b in torch.randperm(len(batches), generator=gen).tolist():
+            yield from batches[b]
 
 
 class Collator:

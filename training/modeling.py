@@ -66,9 +66,13 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> to
 class NewsImpactModel(nn.Module):
     """A Hugging Face backbone (optionally peft-wrapped) with the newsimpact heads."""
 
-    def __init__(self, backbone: nn.Module, schema: LabelSchema, pooling: str = "mean", head_dropout: float = 0.1):
+    backbone: Any  # a transformers PreTrainedModel, or a peft PeftModel around one
+
+    def __init__(
+        self, backbone: Any, schema: LabelSchema, pooling: str = "mean", head_dropout: float = 0.1
+    ):
         super().__init__()
-        hidden = backbone.config.hidden_size
+        hidden: int = backbone.config.hidden_size
         self.backbone = backbone
         self.schema = schema
         self.pooling = pooling
@@ -103,13 +107,17 @@ class NewsImpactModel(nn.Module):
         if n_entities == 0:
             # Run the ticker head on one empty slot and slice it away: its parameters stay in the autograd
             # graph (zero gradient), which DDP requires of every parameter in every step.
-            entity_mask = torch.zeros(input_ids.shape[0], 1, input_ids.shape[1], dtype=torch.bool, device=hidden.device)
+            entity_mask = torch.zeros(
+                input_ids.shape[0], 1, input_ids.shape[1], dtype=torch.bool, device=hidden.device
+            )
         assert entity_mask is not None
         weights = entity_mask.to(hidden.dtype)  # [B, E, T]
         mentions = torch.bmm(weights, hidden) / weights.sum(-1, keepdim=True).clamp(min=1.0)  # [B, E, H]
         context = pooled.unsqueeze(1).expand(-1, mentions.shape[1], -1)
         ticker_in = self.dropout(torch.cat([mentions, context], dim=-1))
-        out["ticker_score"] = torch.tanh(self.heads["tickers"](ticker_in).squeeze(-1))[:, :n_entities]  # [B, E]
+        out["ticker_score"] = torch.tanh(self.heads["tickers"](ticker_in).squeeze(-1))[
+            :, :n_entities
+        ]  # [B, E]
         return out
 
 
@@ -130,9 +138,7 @@ def compute_losses(
     target = batch["sentiment_id"]
     valid = target != -100
     logits = out["sentiment_logits"]
-    losses["sentiment"] = (
-        F.cross_entropy(logits[valid], target[valid]) if valid.any() else logits.sum() * 0.0
-    )
+    losses["sentiment"] = F.cross_entropy(logits[valid], target[valid]) if valid.any() else logits.sum() * 0.0
     for key, pred in (("sentiment_score", out["sentiment_score"]), ("impact", out["impact_logits"])):
         y = batch[key]
         mask = ~torch.isnan(y)
@@ -144,12 +150,18 @@ def compute_losses(
         losses[key] = _masked_mean(per_row, mask) if mask.any() else pred.sum() * 0.0
     topic_y = batch["topic_targets"]
     topic_mask = ~torch.isnan(topic_y)
-    topic_loss = F.binary_cross_entropy_with_logits(out["topic_logits"], torch.nan_to_num(topic_y), reduction="none")
-    losses["topics"] = _masked_mean(topic_loss, topic_mask) if topic_mask.any() else out["topic_logits"].sum() * 0.0
+    topic_loss = F.binary_cross_entropy_with_logits(
+        out["topic_logits"], torch.nan_to_num(topic_y), reduction="none"
+    )
+    losses["topics"] = (
+        _masked_mean(topic_loss, topic_mask) if topic_mask.any() else out["topic_logits"].sum() * 0.0
+    )
     ent_y = batch["entity_scores"]
     ent_mask = ~torch.isnan(ent_y)
     ticker_loss = (out["ticker_score"] - torch.nan_to_num(ent_y)) ** 2
-    losses["tickers"] = _masked_mean(ticker_loss, ent_mask) if ent_mask.any() else out["ticker_score"].sum() * 0.0
+    losses["tickers"] = (
+        _masked_mean(ticker_loss, ent_mask) if ent_mask.any() else out["ticker_score"].sum() * 0.0
+    )
     total = sum(getattr(weights, head) * losses[head] for head in HEADS)
     losses["loss"] = total  # type: ignore[assignment]
     return losses
@@ -165,11 +177,14 @@ def load_tokenizer(path: str, trust_remote_code: bool = False) -> Any:
     return tokenizer
 
 
-def load_backbone(model_cfg: ModelConfig, peft_cfg: PeftConfig | None = None) -> nn.Module:
+def load_backbone(model_cfg: ModelConfig, peft_cfg: PeftConfig | None = None) -> Any:
     """The plain Hugging Face backbone (``AutoModel``), quantized when the peft config asks for QLoRA."""
     from transformers import AutoModel
 
-    kwargs: dict[str, Any] = {"dtype": _DTYPES[model_cfg.dtype], "trust_remote_code": model_cfg.trust_remote_code}
+    kwargs: dict[str, Any] = {
+        "dtype": _DTYPES[model_cfg.dtype],
+        "trust_remote_code": model_cfg.trust_remote_code,
+    }
     if model_cfg.attn_implementation:
         kwargs["attn_implementation"] = model_cfg.attn_implementation
     if peft_cfg is not None and peft_cfg.quantization:
@@ -186,7 +201,7 @@ def load_backbone(model_cfg: ModelConfig, peft_cfg: PeftConfig | None = None) ->
     return backbone
 
 
-def apply_peft(backbone: nn.Module, peft_cfg: PeftConfig) -> nn.Module:
+def apply_peft(backbone: Any, peft_cfg: PeftConfig) -> Any:
     """Wrap the backbone with a peft LoRA/DoRA adapter, or leave it fully trainable (method=none)."""
     if peft_cfg.method == "none":
         return backbone
@@ -202,7 +217,7 @@ def apply_peft(backbone: nn.Module, peft_cfg: PeftConfig) -> nn.Module:
         lora_dropout=peft_cfg.lora_dropout,
         target_modules=target if isinstance(target, str) else list(target),
         use_dora=peft_cfg.use_dora,
-        bias=peft_cfg.bias,
+        bias=peft_cfg.bias,  # type: ignore[arg-type]
     )
     return get_peft_model(backbone, lora)
 
@@ -230,3 +245,52 @@ def save_trainable(model: NewsImpactModel, out_dir: str | os.PathLike[str], meta
     heads = {k: v.detach().float().contiguous().cpu() for k, v in model.heads.state_dict().items()}
     save_file(heads, str(out / HEADS_FILE))
     (out / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+
+
+def read_meta(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """``newsimpact.json`` of a run's ``adapter/`` folder or an exported model folder."""
+    path = Path(model_dir) / META_FILE
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} not found: model_dir must be a folder written by `python -m training.export` "
+            "(or a run's adapter/ folder)"
+        )
+    return json.loads(path.read_text())
+
+
+def _load_heads(model: NewsImpactModel, folder: Path) -> None:
+    from safetensors.torch import load_file
+
+    model.heads.load_state_dict(load_file(str(folder / HEADS_FILE)))
+
+
+def load_trained(folder: str | os.PathLike[str], dtype: str | None = None) -> NewsImpactModel:
+    """Rebuild a model from a run's ``adapter/`` folder or an exported ``merged``/``adapter`` folder.
+
+    Everything needed (base model, schema, pooling, format) is read from ``newsimpact.json``.
+    """
+    from transformers import AutoModel
+
+    path = Path(folder)
+    meta = read_meta(path)
+    schema = LabelSchema(**meta["schema"])
+    fmt = meta.get("format", "run")
+    torch_dtype = _DTYPES[dtype or meta.get("dtype", "float32")]
+    if fmt in ("merged", "onnx"):
+        backbone = AutoModel.from_pretrained(path, dtype=torch_dtype)
+    else:
+        weights = path / "backbone" if fmt == "run" else path
+        if (weights / "adapter_config.json").exists():
+            from peft import PeftModel
+
+            base = AutoModel.from_pretrained(meta["base_model"], dtype=torch_dtype)
+            if getattr(base, "pooler", None) is not None:
+                base.pooler = None
+            backbone = PeftModel.from_pretrained(base, weights)
+        else:  # peft.method=none: the run saved the whole fine-tuned backbone
+            backbone = AutoModel.from_pretrained(weights, dtype=torch_dtype)
+    if getattr(backbone, "pooler", None) is not None:
+        backbone.pooler = None
+    model = NewsImpactModel(backbone, schema, pooling=meta["pooling"], head_dropout=0.0)
+    _load_heads(model, path)
+    return model.eval()

@@ -13,7 +13,7 @@ from torchmetrics import classification as tmc
 from torchmetrics import regression as tmr
 
 from training.config import DataConfig, LossConfig, OptimConfig, SchemaConfig
-from training.data import Collator, build_splits
+from training.data import Collator, LengthGroupedSampler, build_splits
 from training.modeling import NewsImpactModel, compute_losses, trainable_state_dict
 
 
@@ -37,10 +37,16 @@ class NewsDataModule(pl.LightningDataModule):
             self.splits = build_splits(self.data, self.schema, self.tokenizer, self.max_length)
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+        dataset = self.splits[split]
+        sampler = None
+        if shuffle and self.data.group_by_length:
+            lengths = [len(ids) for ids in dataset["input_ids"]]
+            sampler = LengthGroupedSampler(lengths, batch_size, seed=self.data.seed)
         return DataLoader(
-            self.splits[split],  # type: ignore[arg-type]
+            dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
             collate_fn=self.collate,
             num_workers=self.data.num_workers,
             persistent_workers=self.data.num_workers > 0,
@@ -61,6 +67,11 @@ class NewsDataModule(pl.LightningDataModule):
 class HeadMetrics(torch.nn.Module):
     """torchmetrics for every head, updated only on rows that carry that head's label."""
 
+    counts: torch.Tensor
+    regression: Any
+    sentiment: Any
+    topics: Any
+
     def __init__(self, n_classes: int, n_topics: int):
         super().__init__()
         self.sentiment = torchmetrics.MetricCollection(
@@ -71,7 +82,9 @@ class HeadMetrics(torch.nn.Module):
         )
         self.regression = torch.nn.ModuleDict(
             {
-                head: torchmetrics.MetricCollection({"mae": tmr.MeanAbsoluteError(), "spearman": tmr.SpearmanCorrCoef()})
+                head: torchmetrics.MetricCollection(
+                    {"mae": tmr.MeanAbsoluteError(), "spearman": tmr.SpearmanCorrCoef()}
+                )
                 for head in ("sentiment_score", "impact", "tickers")
             }
         )

@@ -10,7 +10,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 
-_EXCHANGES = r"NYSE(?:\s+American|\s+Arca)?|NASDAQ|Nasdaq|AMEX|LSE|TSX|TSXV|HKEX|SEHK|ASX|NSE|BSE|XETRA|Euronext|OTC"
+_EXCHANGES = (
+    r"NYSE(?:\s+American|\s+Arca)?|NASDAQ|Nasdaq|AMEX|LSE|TSX|TSXV|HKEX|SEHK|ASX|NSE|BSE|XETRA|Euronext|OTC"
+)
 _EXCHANGE_RE = re.compile(rf"\(\s*(?:{_EXCHANGES})\s*:\s*([A-Z][A-Z0-9]{{0,6}}(?:\.[A-Z]{{1,2}})?)\s*\)")
 _CASHTAG_RE = re.compile(r"(?<![\w$])\$([A-Z][A-Z0-9]{0,5}(?:\.[A-Z]{1,2})?)\b")
 

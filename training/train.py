@@ -68,7 +68,9 @@ def build_loggers(config: TrainConfig, run_dir: Path) -> list[Any]:
             from pytorch_lightning.loggers import MLFlowLogger
 
             # Tracking URI from MLFLOW_TRACKING_URI, as mlflow itself reads it; local ./mlruns otherwise.
-            loggers.append(MLFlowLogger(experiment_name=config.name, tracking_uri=os.environ.get("MLFLOW_TRACKING_URI")))
+            loggers.append(
+                MLFlowLogger(experiment_name=config.name, tracking_uri=os.environ.get("MLFLOW_TRACKING_URI"))
+            )
     return loggers
 
 
@@ -148,9 +150,26 @@ def run(config: TrainConfig, run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         val_metrics=module.last_val_metrics,
         num_trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
         resumed_from=ckpt_path,
+        best_checkpoint=getattr(trainer.checkpoint_callback, "best_model_path", None) or None,
     )
     if trainer.is_global_zero:
-        save_trainable(model, run_path / "adapter", {k: info[k] for k in ("format_version", "base_model", "schema", "max_length", "pooling", "head_dropout", "peft", "config_hash")})
+        save_trainable(
+            model,
+            run_path / "adapter",
+            {
+                k: info[k]
+                for k in (
+                    "format_version",
+                    "base_model",
+                    "schema",
+                    "max_length",
+                    "pooling",
+                    "head_dropout",
+                    "peft",
+                    "config_hash",
+                )
+            },
+        )
         tokenizer.save_pretrained(run_path / "adapter")
         write_run_json(run_path, info)
         log.info("run finished: %s (step %d, %.0fs)", run_path, trainer.global_step, info["train_seconds"])

@@ -1,0 +1,1 @@
+"""Batch scoring of news archives with an exported newsimpact model (no Lightning imports here)."""

@@ -1,0 +1,273 @@
+"""Model execution for scoring: chunking, token-budget batches, one forward pass per chunk, aggregation.
+
+Loads any exported model folder (merged, adapter: PyTorch; onnx: onnxruntime). Never imports Lightning.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from training.modeling import HEADS_FILE, META_FILE, load_tokenizer, load_trained, read_meta
+from training.tickers import extract_tickers, find_mentions, spans_to_tokens
+
+# A long article is cut to this many characters per allowed chunk before tokenizing, so one giant row
+# costs bounded time (generous: English averages ~4-5 characters per token).
+CHARS_PER_TOKEN_CAP = 12
+
+
+@dataclass
+class Article:
+    id: str
+    text: str
+    tickers: list[str] | None = None  # from the input column; None: extract from the text
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Chunk:
+    article: int  # index into the window's articles
+    input_ids: list[int]
+    entity_tokens: list[list[int]]  # per ticker of the article (empty list: not mentioned here)
+
+
+def model_fingerprint(model_dir: str | Path) -> str:
+    """Identity of an exported model: its metadata and heads, and the size of every weight file."""
+    path = Path(model_dir)
+    digest = hashlib.sha256()
+    digest.update((path / META_FILE).read_bytes())
+    if (path / HEADS_FILE).exists():
+        digest.update((path / HEADS_FILE).read_bytes())
+    for weights in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.onnx")):
+        digest.update(f"{weights.name}:{weights.stat().st_size}".encode())
+    return digest.hexdigest()[:16]
+
+
+class Runner:
+    """One forward pass over a padded batch, with PyTorch or onnxruntime."""
+
+    def __init__(self, model_dir: str, device: str, precision: str, compile: bool, use_onnx: bool):
+        self.device = torch.device(device)
+        self.precision = precision
+        self.session = None
+        if use_onnx:
+            import onnxruntime as ort
+
+            opts = ort.SessionOptions()
+            self.session = ort.InferenceSession(str(Path(model_dir) / "model.onnx"), opts, providers=["CPUExecutionProvider"])
+            self.n_labels = len(read_meta(model_dir)["schema"]["sentiment_labels"])
+            return
+        model = load_trained(model_dir)
+        self.model = model.to(self.device).eval()
+        if compile:
+            self.model = torch.compile(self.model)  # type: ignore[assignment]
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    @torch.inference_mode()
+    def __call__(self, ids: torch.Tensor, mask: torch.Tensor, entity_mask: torch.Tensor) -> dict[str, np.ndarray]:
+        if self.session is not None:
+            outputs = self.session.run(
+                None,
+                {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "entity_mask": entity_mask.numpy()},
+            )
+            names = ["sentiment_probs", "sentiment_score", "impact", "topic_scores", "ticker_score"]
+            return dict(zip(names, outputs))
+        non_blocking = self.device.type == "cuda"
+        ids = ids.to(self.device, non_blocking=non_blocking)
+        mask = mask.to(self.device, non_blocking=non_blocking)
+        entity_mask = entity_mask.to(self.device, non_blocking=non_blocking)
+        with self._autocast():
+            out = self.model(ids, mask, entity_mask)
+        return {
+            "sentiment_probs": torch.softmax(out["sentiment_logits"].float(), -1).cpu().numpy(),
+            "sentiment_score": out["sentiment_score"].float().cpu().numpy(),
+            "impact": out["impact"].float().cpu().numpy(),
+            "topic_scores": torch.sigmoid(out["topic_logits"].float()).cpu().numpy(),
+            "ticker_score": out["ticker_score"].float().cpu().numpy(),
+        }
+
+
+class Scorer:
+    """Turns a window of articles into scored records."""
+
+    def __init__(
+        self,
+        model_dir: str,
+        *,
+        device: str = "cpu",
+        precision: str = "fp32",
+        compile: bool = False,
+        batch_tokens: int = 16384,
+        max_batch_size: int = 256,
+        max_chunks: int = 16,
+        stride: int | None = None,
+        impact_aggregation: str = "max",
+        topic_threshold: float = 0.5,
+        ticker_map: Mapping[str, str] | None = None,
+    ):
+        self.meta = read_meta(model_dir)
+        self.labels: list[str] = self.meta["schema"]["sentiment_labels"]
+        self.topics: list[str] = self.meta["schema"]["topics"]
+        self.max_length: int = self.meta["max_length"]
+        self.stride = stride if stride is not None else self.meta.get("chunking", {}).get("stride", self.max_length // 8)
+        self.tokenizer = load_tokenizer(model_dir)
+        use_onnx = self.meta.get("format") == "onnx"
+        self.runner = Runner(model_dir, device, precision, compile, use_onnx)
+        self.pin = self.runner.device.type == "cuda"
+        self.batch_tokens = batch_tokens
+        self.max_batch_size = max_batch_size
+        self.max_chunks = max_chunks
+        self.impact_aggregation = impact_aggregation
+        self.topic_threshold = topic_threshold
+        self.ticker_map = dict(ticker_map or {})
+        self.aliases: dict[str, list[str]] = {}
+        for name, ticker in self.ticker_map.items():
+            self.aliases.setdefault(ticker, []).append(name)
+
+    # -- preparation (runs in a background thread) ------------------------------------------------
+    def prepare(self, articles: Sequence[Article]) -> tuple[list[Chunk], list[list[str]], int]:
+        """Tokenize articles into chunks with ticker mention positions. Returns chunks, tickers, tokens."""
+        cap = self.max_chunks * self.max_length * CHARS_PER_TOKEN_CAP
+        texts = [a.text[:cap] for a in articles]
+        enc = self.tokenizer(
+            texts,
+            truncation=True,
+            max_length=self.max_length,
+            stride=self.stride,
+            return_overflowing_tokens=True,
+            return_offsets_mapping=True,
+        )
+        tickers = [
+            a.tickers if a.tickers is not None else extract_tickers(a.text[:cap], self.ticker_map) for a in articles
+        ]
+        spans = [
+            [find_mentions(text, t, self.aliases.get(t, ())) for t in ticks] for text, ticks in zip(texts, tickers)
+        ]
+        chunks: list[Chunk] = []
+        per_article: dict[int, int] = {}
+        tokens = 0
+        for c, art in enumerate(enc["overflow_to_sample_mapping"]):
+            if per_article.get(art, 0) >= self.max_chunks:
+                continue
+            per_article[art] = per_article.get(art, 0) + 1
+            offsets = enc["offset_mapping"][c]
+            entity_tokens = [spans_to_tokens(offsets, s) for s in spans[art]]
+            chunks.append(Chunk(art, enc["input_ids"][c], entity_tokens))
+            tokens += len(enc["input_ids"][c])
+        return chunks, tickers, tokens
+
+    def batches(self, chunks: list[Chunk]) -> Iterator[list[int]]:
+        """Chunk indices packed into batches under the token budget, longest first."""
+        order = sorted(range(len(chunks)), key=lambda i: len(chunks[i].input_ids), reverse=True)
+        batch: list[int] = []
+        longest = 0
+        for i in order:
+            n = len(chunks[i].input_ids)
+            if batch and (max(longest, n) * (len(batch) + 1) > self.batch_tokens or len(batch) >= self.max_batch_size):
+                yield batch
+                batch, longest = [], 0
+            batch.append(i)
+            longest = max(longest, n)
+        if batch:
+            yield batch
+
+    def _tensors(self, chunks: list[Chunk]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[list[int]]]:
+        length = max(len(c.input_ids) for c in chunks)
+        pad = self.tokenizer.pad_token_id
+        left = self.tokenizer.padding_side == "left"
+        ids = torch.full((len(chunks), length), pad, dtype=torch.long)
+        mask = torch.zeros((len(chunks), length), dtype=torch.long)
+        # Only tickers mentioned in a chunk get a slot in it: slot lists map slots back to tickers.
+        slots = [[t for t, toks in enumerate(c.entity_tokens) if toks] for c in chunks]
+        entity_mask = torch.zeros((len(chunks), max((len(s) for s in slots), default=0), length), dtype=torch.bool)
+        for b, chunk in enumerate(chunks):
+            n = len(chunk.input_ids)
+            shift = length - n if left else 0
+            ids[b, shift : shift + n] = torch.as_tensor(chunk.input_ids)
+            mask[b, shift : shift + n] = 1
+            for e, t in enumerate(slots[b]):
+                entity_mask[b, e, [shift + k for k in chunk.entity_tokens[t]]] = True
+        if self.pin:
+            ids, mask, entity_mask = ids.pin_memory(), mask.pin_memory(), entity_mask.pin_memory()
+        return ids, mask, entity_mask, slots
+
+    # -- scoring -------------------------------------------------------------------------------------
+    def score(self, articles: Sequence[Article], prepared: tuple[list[Chunk], list[list[str]], int] | None = None) -> list[dict[str, Any]]:
+        """Score a window of articles; one output record per article, in input order."""
+        chunks, tickers, _ = prepared if prepared is not None else self.prepare(articles)
+        n_labels, n_topics = len(self.labels), len(self.topics)
+        probs = np.zeros((len(chunks), n_labels), dtype=np.float64)
+        score = np.zeros(len(chunks))
+        impact = np.zeros(len(chunks))
+        topic = np.zeros((len(chunks), n_topics))
+        ticker_scores: list[dict[int, tuple[float, int]]] = [{} for _ in chunks]
+        for batch in self.batches(chunks):
+            items = [chunks[i] for i in batch]
+            ids, mask, entity_mask, slots = self._tensors(items)
+            out = self.runner(ids, mask, entity_mask)
+            for row, i in enumerate(batch):
+                probs[i] = out["sentiment_probs"][row]
+                score[i] = out["sentiment_score"][row]
+                impact[i] = out["impact"][row]
+                topic[i] = out["topic_scores"][row][:n_topics]
+                for e, t in enumerate(slots[row]):
+                    ticker_scores[i][t] = (float(out["ticker_score"][row, e]), len(chunks[i].entity_tokens[t]))
+        return self._aggregate(articles, chunks, tickers, probs, score, impact, topic, ticker_scores)
+
+    def _aggregate(self, articles, chunks, tickers, probs, score, impact, topic, ticker_scores) -> list[dict[str, Any]]:
+        by_article: dict[int, list[int]] = {}
+        for i, chunk in enumerate(chunks):
+            by_article.setdefault(chunk.article, []).append(i)
+        records = []
+        for a, article in enumerate(articles):
+            idx = by_article[a]
+            # Length-weighted mean of chunk probabilities and scores; the caller picks max or mean impact.
+            weights = np.array([len(chunks[i].input_ids) for i in idx], dtype=np.float64)
+            weights /= weights.sum()
+            p = (probs[idx] * weights[:, None]).sum(0)
+            t = topic[idx].max(0)
+            ticker_out = []
+            for k, ticker in enumerate(tickers[a]):
+                found = [ticker_scores[i][k] for i in idx if k in ticker_scores[i]]
+                value = None
+                if found:
+                    total = sum(n for _, n in found)
+                    value = float(sum(s * n for s, n in found) / total)
+                ticker_out.append({"ticker": ticker, "sentiment_score": value})
+            records.append(
+                {
+                    "id": article.id,
+                    "sentiment": self.labels[int(p.argmax())],
+                    "sentiment_probs": [float(x) for x in p],
+                    "sentiment_score": float((score[idx] * weights).sum()),
+                    "impact": float(impact[idx].max() if self.impact_aggregation == "max" else (impact[idx] * weights).sum()),
+                    "topics": [name for name, s in zip(self.topics, t) if s >= self.topic_threshold],
+                    "topic_scores": [{"topic": name, "score": float(s)} for name, s in zip(self.topics, t)],
+                    "tickers": ticker_out,
+                    "n_chunks": len(idx),
+                    **article.extra,
+                }
+            )
+        return records
+
+
+def load_ticker_map(path: str | None, inline: Mapping[str, str]) -> dict[str, str]:
+    """Company-name → ticker map from a JSON file ({"Alibaba": "BABA"}) merged with inline entries."""
+    mapping: dict[str, str] = {}
+    if path:
+        mapping.update(json.loads(Path(path).read_text()))
+    mapping.update(inline)
+    return mapping

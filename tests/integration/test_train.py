@@ -1,0 +1,63 @@
+import csv
+import json
+
+import pytest
+import torch
+
+from tests.conftest import compose_train, tiny_overrides
+from training.config import validate_train_config
+from training.train import run
+
+
+def _metrics(run_dir):
+    with open(run_dir / "metrics.csv") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _train_losses(rows):
+    return [float(r["train/loss_sentiment"]) for r in rows if r.get("train/loss_sentiment")]
+
+
+def test_learns_a_separable_set_and_writes_the_run(tiny_bert, separable_data, tmp_path):
+    run_dir = tmp_path / "run"
+    config = compose_train(
+        tiny_overrides(tiny_bert, run_dir, separable_data)
+        + ["trainer.max_epochs=12", "optim.lr=3e-3", "optim.head_lr=1e-2", "peft.r=8"]
+    )
+    validate_train_config(config)
+    info = run(config, run_dir)
+
+    losses = _train_losses(_metrics(run_dir))
+    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
+    assert info["val_metrics"]["sentiment_acc"] == 1.0
+    saved = json.loads((run_dir / "run.json").read_text())
+    assert saved["status"] == "finished" and saved["schema"]["sentiment_labels"][0] == "strongly negative"
+    assert saved["config"]["peft"]["r"] == 8 and saved["config_hash"]
+    assert (run_dir / "adapter" / "heads.safetensors").exists()
+    assert (run_dir / "adapter" / "backbone" / "adapter_config.json").exists()
+
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    keys = list(ckpt["state_dict"])
+    assert keys and all("lora_" in k or ".heads." in k for k in keys)
+
+
+def test_resume_continues_the_step_count(tiny_bert, tmp_path):
+    run_dir = tmp_path / "run"
+    base = tiny_overrides(tiny_bert, run_dir) + ["checkpoint.every_n_train_steps=4", "trainer.max_epochs=-1"]
+    first = run(compose_train(base + ["trainer.max_steps=8"]), run_dir)
+    assert first["global_step"] == 8
+    config = compose_train(base + ["trainer.max_steps=14", "resume=true"])
+    validate_train_config(config)
+    second = run(config, run_dir)
+    assert second["global_step"] == 14 and second["resumed_from"].endswith("last.ckpt")
+    steps = [int(r["step"]) for r in _metrics(run_dir) if r.get("train/loss")]
+    assert steps == sorted(steps) and max(steps) == 13 and min(steps) == 0
+    assert len(steps) == len(set(steps)), "resumed run must not log the first steps again"
+
+
+@pytest.mark.slow
+def test_tiny_llama_trains(tiny_llama, tmp_path):
+    run_dir = tmp_path / "run"
+    info = run(compose_train(tiny_overrides(tiny_llama, run_dir) + ["trainer.max_steps=6"]), run_dir)
+    assert info["pooling"] == "last" and info["global_step"] == 6
+    assert (run_dir / "checkpoints" / "last.ckpt").exists()

@@ -1,0 +1,75 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, SHARED_DATA, compose_train
+from training.config import ConfigError, TrainConfig, load_config, validate_train_config
+
+EXPERIMENTS = sorted(p.stem for p in (REPO / "configs" / "experiment").glob("*.yaml"))
+
+
+def test_unknown_key_names_the_full_key():
+    with pytest.raises(ConfigError) as err:
+        load_config({"peft": {"rnak": 3}}, TrainConfig)
+    assert "peft.rnak" in str(err.value)
+
+
+def test_bad_type_names_the_key():
+    with pytest.raises(ConfigError) as err:
+        load_config({"peft": {"r": "eight"}}, TrainConfig)
+    assert "peft.r" in str(err.value)
+
+
+def test_validation_collects_every_problem(tmp_path):
+    config = compose_train(["peft.r=0", "model.pooling=max", f"data.sources.sample.root={tmp_path}/nope"])
+    with pytest.raises(ConfigError) as err:
+        validate_train_config(config)
+    text = str(err.value)
+    assert "peft.r" in text and "model.pooling" in text and "data.sources.sample.root" in text
+
+
+def test_default_config_validates():
+    validate_train_config(compose_train([]))
+
+
+def test_resume_without_checkpoint_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="last.ckpt"):
+        validate_train_config(compose_train([f"run_dir={tmp_path}", "resume=true"]))
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_and_validates(experiment):
+    config = compose_train([f"experiment={experiment}"])
+    assert config.name == experiment
+    needs_shared = any(
+        str(SHARED_DATA.name) in s.root or "shared" in s.root for s in config.data.sources.values()
+    )
+    if needs_shared and not SHARED_DATA.is_dir():
+        pytest.skip(f"{SHARED_DATA} not present")
+    validate_train_config(config)
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "configs" / "data").glob("*.yaml")))
+def test_every_data_config_composes(name):
+    config = compose_train([f"data={name}"])
+    assert config.data.sources
+    for source in config.data.sources.values():
+        assert "text" in source.columns and "train" in source.splits
+
+
+@pytest.mark.parametrize("override", ["+peft.rnak=3", "peft.r=eight"])
+def test_cli_typo_stops_with_one_line(override, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "training.train", override, f"run_dir={tmp_path}/run"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "peft.r" in lines[0] and "Traceback" not in result.stderr
+    assert not Path(tmp_path, "run", "run.json").exists()

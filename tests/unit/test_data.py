@@ -1,0 +1,145 @@
+import json
+import math
+
+import datasets
+import pytest
+import torch
+
+from training.config import SchemaConfig, SourceConfig, SplitConfig
+from training.data import IGNORE_INDEX, Collator, _weighted, encode, label_score, load_split, to_canonical
+
+SCALE = ["strongly negative", "negative", "neutral", "positive", "strongly positive"]
+
+
+@pytest.fixture()
+def tokenizer(tiny_bert):
+    from training.modeling import load_tokenizer
+
+    return load_tokenizer(tiny_bert)
+
+
+def _raw(rows):
+    return datasets.Dataset.from_list(rows)
+
+
+def test_label_map_and_masks():
+    schema = SchemaConfig(sentiment_labels=SCALE, topics=["earnings", "m&a"])
+    source = SourceConfig(
+        columns={"text": "t", "sentiment": "lab", "topics": "top"},
+        label_map={"Bearish": "negative", "Bullish": "positive"},
+        topic_map={"Earnings": "earnings"},
+    )
+    ds = _raw([{"t": "a", "lab": "Bearish", "top": "Earnings"}, {"t": "b", "lab": None, "top": None}])
+    out = to_canonical(ds, "s", source, schema)
+    assert out["sentiment"] == ["negative", None]
+    assert out["topics"] == [["earnings"], []]
+    assert out["has_topics"] == [True, False]
+    assert all(math.isnan(v) for v in out["sentiment_score"])
+
+
+def test_unknown_label_names_the_source_and_the_fix():
+    schema = SchemaConfig(sentiment_labels=SCALE, topics=[])
+    source = SourceConfig(columns={"text": "t", "sentiment": "lab"})
+    with pytest.raises(ValueError, match=r"data.sources.s.label_map"):
+        to_canonical(_raw([{"t": "a", "lab": "Bearsh"}]), "s", source, schema)
+
+
+def test_missing_column_is_named():
+    schema = SchemaConfig(sentiment_labels=SCALE, topics=[])
+    source = SourceConfig(columns={"text": "headline"})
+    with pytest.raises(ValueError, match="headline"):
+        to_canonical(_raw([{"t": "a"}]), "s", source, schema)
+
+
+def test_empty_text_rows_are_dropped():
+    schema = SchemaConfig(sentiment_labels=SCALE, topics=[])
+    out = to_canonical(_raw([{"text": "  "}, {"text": "ok"}]), "s", SourceConfig(), schema)
+    assert out["text"] == ["ok"]
+
+
+def test_entity_label_becomes_scale_position():
+    assert label_score("strongly negative", SCALE) == -1.0
+    assert label_score("neutral", SCALE) == 0.0
+    assert label_score("positive", SCALE) == 0.5
+    schema = SchemaConfig(sentiment_labels=SCALE, topics=[])
+    source = SourceConfig(columns={"text": "t", "ticker": "e", "ticker_sentiment": "l"})
+    out = to_canonical(_raw([{"t": "Acme up", "e": "Acme", "l": "positive"}]), "s", source, schema)
+    assert out["entities"][0] == [{"ticker": "Acme", "sentiment_score": 0.5, "aliases": []}]
+
+
+def test_encode_finds_mention_tokens_and_masks_missing_labels(tokenizer):
+    schema = SchemaConfig(sentiment_labels=SCALE, topics=["earnings", "m&a"])
+    source = SourceConfig(
+        columns={"text": "text", "sentiment": "s", "topics": "topics", "entities": "entities"}
+    )
+    rows = [
+        {
+            "text": "Acme Corp beats, $GLBX falls",
+            "s": "positive",
+            "topics": ["earnings"],
+            "entities": [
+                {"ticker": "ACME", "sentiment_score": 0.7, "aliases": ["Acme Corp"]},
+                {"ticker": "GLBX", "sentiment_score": -0.6, "aliases": []},
+                {"ticker": "NOPE", "sentiment_score": 0.1, "aliases": []},
+            ],
+        },
+        {"text": "quiet day", "s": None, "topics": None, "entities": []},
+    ]
+    enc = encode(to_canonical(_raw(rows), "x", source, schema), tokenizer, schema, 32)
+    first = enc[0]
+    assert first["sentiment_id"] == SCALE.index("positive")
+    assert first["topic_targets"] == [1.0, 0.0]
+    assert len(first["entity_tokens"]) == 2  # NOPE is not in the text
+    tokens = tokenizer.convert_ids_to_tokens(first["input_ids"])
+    assert "".join(tokens[i] for i in first["entity_tokens"][0]).replace("#", "") == "acmecorp"
+    assert "glbx" in "".join(tokens[i] for i in first["entity_tokens"][1]).replace("#", "")
+    assert enc[1]["sentiment_id"] == IGNORE_INDEX and enc[1]["topic_targets"] == []
+
+
+def test_collator_pads_and_marks_missing_targets(tokenizer):
+    collate = Collator(tokenizer.pad_token_id, n_topics=2)
+    rows = [
+        {
+            "input_ids": [1, 2, 3],
+            "attention_mask": [1, 1, 1],
+            "sentiment_id": 2,
+            "sentiment_score": 0.5,
+            "impact": None,
+            "topic_targets": [1.0, 0.0],
+            "entity_tokens": [[1], [2]],
+            "entity_scores": [0.1, -0.2],
+        },
+        {
+            "input_ids": [1],
+            "attention_mask": [1],
+            "sentiment_id": -100,
+            "sentiment_score": float("nan"),
+            "impact": 0.3,
+            "topic_targets": [],
+            "entity_tokens": [],
+            "entity_scores": [],
+        },
+    ]
+    batch = collate(rows)
+    assert batch["input_ids"].shape == (2, 3) and batch["attention_mask"][1].tolist() == [1, 0, 0]
+    assert batch["entity_mask"].shape == (2, 2, 3) and batch["entity_mask"][0, 1, 2]
+    assert torch.isnan(batch["entity_scores"][1]).all() and torch.isnan(batch["topic_targets"][1]).all()
+    assert torch.isnan(batch["impact"][0]) and batch["impact"][1] == pytest.approx(0.3)
+
+
+def test_weights_repeat_or_subsample():
+    ds = datasets.Dataset.from_dict({"x": list(range(10))})
+    assert len(_weighted(ds, 2.0, 0)) == 20
+    half = _weighted(ds, 0.5, 0)
+    assert len(half) == 5 and len(set(half["x"])) == 5
+
+
+def test_load_split_where_filter(tmp_path):
+    (tmp_path / "d.jsonl").write_text(
+        "\n".join(json.dumps({"text": str(i), "hold": i % 2 == 0}) for i in range(6))
+    )
+    source = SourceConfig(root=str(tmp_path))
+    ds = load_split(source, SplitConfig(path="d.jsonl", where={"hold": True}))
+    assert ds["text"] == ["0", "2", "4"]
+    with pytest.raises(ValueError, match="nothere"):
+        load_split(source, SplitConfig(path="d.jsonl", where={"nothere": 1}))

@@ -1,0 +1,272 @@
+"""Evaluate an exported model on a labelled split.
+
+``python -m training.evaluate model_dir=DIR data=NAME split=test [output_dir=OUT]``
+
+Writes ``metrics.json`` (the per-head metrics training logs, plus per-class precision/recall/F1, weighted
+F1, MSE and R^2 so figures compare with published tables), prints them as a table and plots a confusion
+matrix, a reliability diagram of the sentiment probabilities and predicted-vs-true scatters (PNG).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader
+from torchmetrics import classification as tmc
+from tqdm.auto import tqdm
+
+from training.config import ConfigError, DataConfig, SchemaConfig, exit_on_config_error, load_config
+from training.data import Collator, build_splits
+from training.modeling import META_FILE, NewsImpactModel, load_tokenizer, load_trained, read_meta
+from training.module import HeadMetrics
+
+log = logging.getLogger("newsimpact.evaluate")
+
+
+@dataclass
+class EvaluateConfig:
+    model_dir: str = "???"
+    split: str = "test"
+    output_dir: str = "???"
+    batch_size: int = 64
+    data: DataConfig = field(default_factory=DataConfig)
+
+
+def validate_evaluate_config(config: EvaluateConfig) -> None:
+    from training.config import _check_source
+
+    problems: list[str] = []
+    if not (Path(config.model_dir) / META_FILE).exists():
+        problems.append(f"model_dir='{config.model_dir}' has no {META_FILE}; export a run first (training.export)")
+        raise ConfigError(problems)
+    schema = SchemaConfig(**read_meta(config.model_dir)["schema"])
+    for name, source in config.data.sources.items():
+        _check_source(name, source, schema, problems)
+        if config.split not in source.splits:
+            problems.append(f"data.sources.{name} has no split '{config.split}' (has: {', '.join(source.splits)})")
+    if problems:
+        raise ConfigError(problems)
+
+
+@torch.no_grad()
+def predict(model: NewsImpactModel, loader: DataLoader) -> dict[str, torch.Tensor]:
+    """Run the model over a labelled loader; returns predictions and targets, concatenated."""
+    keep: dict[str, list[torch.Tensor]] = {}
+    for batch in tqdm(loader, desc="evaluate", unit="batch"):
+        out = model(batch["input_ids"], batch["attention_mask"], batch["entity_mask"])
+        items = {
+            "sentiment_probs": torch.softmax(out["sentiment_logits"], -1),
+            "sentiment_id": batch["sentiment_id"],
+            "sentiment_score_pred": out["sentiment_score"],
+            "sentiment_score": batch["sentiment_score"],
+            "impact_pred": out["impact"],
+            "impact": batch["impact"],
+            "topic_probs": torch.sigmoid(out["topic_logits"]),
+            "topic_targets": batch["topic_targets"],
+            "ticker_pred": out["ticker_score"].reshape(-1),
+            "ticker_true": batch["entity_scores"].reshape(-1),
+        }
+        for key, value in items.items():
+            keep.setdefault(key, []).append(value.float() if value.is_floating_point() else value)
+    return {k: torch.cat(v) for k, v in keep.items()}
+
+
+def _regression(pred: torch.Tensor, true: torch.Tensor) -> dict[str, float]:
+    from torchmetrics.functional import mean_absolute_error, mean_squared_error, pearson_corrcoef, r2_score
+    from torchmetrics.functional import spearman_corrcoef
+
+    mask = ~torch.isnan(true)
+    pred, true = pred[mask], true[mask]
+    if len(true) < 2:
+        return {}
+    return {
+        "n": float(len(true)),
+        "mae": float(mean_absolute_error(pred, true)),
+        "mse": float(mean_squared_error(pred, true)),
+        "r2": float(r2_score(pred, true)),
+        "spearman": float(spearman_corrcoef(pred, true)),
+        "pearson": float(pearson_corrcoef(pred, true)),
+    }
+
+
+def compute_metrics(pred: dict[str, torch.Tensor], labels: list[str], topics: list[str]) -> dict[str, Any]:
+    """Every head's metrics; sentiment macro-F1/accuracy use the same torchmetrics as training."""
+    metrics: dict[str, Any] = {}
+    valid = pred["sentiment_id"] != -100
+    if valid.any():
+        probs, target = pred["sentiment_probs"][valid], pred["sentiment_id"][valid]
+        n = len(labels)
+        present = sorted(set(target.tolist()) | set(probs.argmax(-1).tolist()))
+        precision = tmc.multiclass_precision(probs, target, n, average="none")
+        recall = tmc.multiclass_recall(probs, target, n, average="none")
+        f1 = tmc.multiclass_f1_score(probs, target, n, average="none")
+        metrics["sentiment"] = {
+            "n": int(valid.sum()),
+            "accuracy": float(tmc.multiclass_accuracy(probs, target, n, average="micro")),
+            "f1_macro": float(tmc.multiclass_f1_score(probs, target, n, average="macro")),
+            "f1_weighted": float(tmc.multiclass_f1_score(probs, target, n, average="weighted")),
+            "per_class": {
+                labels[i]: {
+                    "precision": float(precision[i]),
+                    "recall": float(recall[i]),
+                    "f1": float(f1[i]),
+                    "support": int((target == i).sum()),
+                }
+                for i in present
+            },
+        }
+    for head, p_key, t_key in (
+        ("sentiment_score", "sentiment_score_pred", "sentiment_score"),
+        ("impact", "impact_pred", "impact"),
+        ("tickers", "ticker_pred", "ticker_true"),
+    ):
+        reg = _regression(pred[p_key], pred[t_key])
+        if reg:
+            metrics[head] = reg
+    rows = ~torch.isnan(pred["topic_targets"]).any(dim=1)
+    if rows.any() and topics:
+        probs, target = pred["topic_probs"][rows], pred["topic_targets"][rows].long()
+        n = len(topics)
+        # Single-label sources (one topic per row) are also scored as classification: top-1 accuracy.
+        top1 = float((target.gather(1, probs.argmax(1, keepdim=True)) == 1).float().mean())
+        metrics["topics"] = {
+            "n": int(rows.sum()),
+            "f1_micro": float(tmc.multilabel_f1_score(probs, target, n, average="micro")),
+            "f1_macro": float(tmc.multilabel_f1_score(probs, target, n, average="macro")),
+            "top1_accuracy": top1,
+        }
+    return metrics
+
+
+def training_style_metrics(model: NewsImpactModel, loader: DataLoader) -> dict[str, float]:
+    """The metrics exactly as the Lightning module logs them during validation (for cross-checks)."""
+    metrics = HeadMetrics(len(model.schema.sentiment_labels), len(model.schema.topics))
+    with torch.no_grad():
+        for batch in loader:
+            metrics.update(model(batch["input_ids"], batch["attention_mask"], batch["entity_mask"]), batch)
+    return metrics.compute()
+
+
+def plot(pred: dict[str, torch.Tensor], labels: list[str], out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    valid = pred["sentiment_id"] != -100
+    if valid.any():
+        probs, target = pred["sentiment_probs"][valid], pred["sentiment_id"][valid]
+        cm = tmc.multiclass_confusion_matrix(probs, target, len(labels)).numpy()
+        fig, ax = plt.subplots(figsize=(5, 4.5))
+        ax.imshow(cm, cmap="Blues")
+        ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+        ax.set_yticks(range(len(labels)), labels)
+        for i in range(len(labels)):
+            for j in range(len(labels)):
+                ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=8)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title("sentiment confusion matrix")
+        fig.tight_layout()
+        fig.savefig(out / "confusion_matrix.png", dpi=120)
+        plt.close(fig)
+        written.append("confusion_matrix.png")
+
+        conf, hit = probs.max(-1).values, (probs.argmax(-1) == target).float()
+        edges = torch.linspace(0, 1, 11)
+        centers, accs, counts = [], [], []
+        for lo, hi in zip(edges[:-1], edges[1:]):
+            sel = (conf > lo) & (conf <= hi)
+            if sel.any():
+                centers.append(float(conf[sel].mean()))
+                accs.append(float(hit[sel].mean()))
+                counts.append(int(sel.sum()))
+        ece = sum(c * abs(a - m) for m, a, c in zip(centers, accs, counts)) / max(1, sum(counts))
+        fig, ax = plt.subplots(figsize=(4.5, 4.5))
+        ax.plot([0, 1], [0, 1], "--", color="grey")
+        ax.plot(centers, accs, "o-")
+        ax.set_xlabel("confidence")
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"reliability (ECE {ece:.3f})")
+        fig.tight_layout()
+        fig.savefig(out / "reliability.png", dpi=120)
+        plt.close(fig)
+        written.append("reliability.png")
+    for head, p_key, t_key in (("sentiment_score", "sentiment_score_pred", "sentiment_score"), ("impact", "impact_pred", "impact")):
+        mask = ~torch.isnan(pred[t_key])
+        if mask.sum() < 2:
+            continue
+        fig, ax = plt.subplots(figsize=(4.5, 4.5))
+        ax.scatter(pred[t_key][mask].numpy(), pred[p_key][mask].numpy(), s=6, alpha=0.5)
+        lo = -1 if head == "sentiment_score" else 0
+        ax.plot([lo, 1], [lo, 1], "--", color="grey")
+        ax.set_xlabel(f"true {head}")
+        ax.set_ylabel(f"predicted {head}")
+        fig.tight_layout()
+        fig.savefig(out / f"scatter_{head}.png", dpi=120)
+        plt.close(fig)
+        written.append(f"scatter_{head}.png")
+    return written
+
+
+def format_table(metrics: dict[str, Any]) -> str:
+    lines = [f"{'head':<16} {'metric':<14} {'value':>8}", "-" * 40]
+    for head, values in metrics.items():
+        if not isinstance(values, dict):
+            continue
+        for key, value in values.items():
+            if isinstance(value, float | int) and not isinstance(value, bool):
+                lines.append(f"{head:<16} {key:<14} {value:>8.4f}" if isinstance(value, float) else f"{head:<16} {key:<14} {value:>8d}")
+        for label, row in values.get("per_class", {}).items():
+            lines.append(f"{head:<16} {label[:14]:<14} P {row['precision']:.3f} R {row['recall']:.3f} F1 {row['f1']:.3f} n {row['support']}")
+    return "\n".join(lines)
+
+
+def run(config: EvaluateConfig) -> dict[str, Any]:
+    start = time.perf_counter()
+    model = load_trained(config.model_dir)
+    meta = read_meta(config.model_dir)
+    schema = SchemaConfig(**meta["schema"])
+    tokenizer = load_tokenizer(config.model_dir)
+    ds = build_splits(config.data, schema, tokenizer, meta["max_length"], only=[config.split])[config.split]
+    loader = DataLoader(ds, batch_size=config.batch_size, collate_fn=Collator(tokenizer.pad_token_id, len(schema.topics)))  # type: ignore[arg-type]
+    pred = predict(model, loader)
+    metrics = compute_metrics(pred, schema.sentiment_labels, schema.topics)
+    metrics["training_style"] = training_style_metrics(model, loader)
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics["plots"] = plot(pred, schema.sentiment_labels, out)
+    metrics["meta"] = {
+        "model_dir": str(Path(config.model_dir).resolve()),
+        "sources": list(config.data.sources),
+        "split": config.split,
+        "rows": len(ds),
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    print(format_table(metrics))
+    print(f"newsimpact: {len(ds)} rows evaluated; metrics.json and plots in {out}")
+    return metrics
+
+
+@hydra.main(config_path="../configs", config_name="evaluate", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    def _load() -> EvaluateConfig:
+        config = load_config(cfg, EvaluateConfig)
+        validate_evaluate_config(config)
+        return config
+
+    run(exit_on_config_error(_load))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,272 @@
+"""Export a training run as a self-describing model folder.
+
+``python -m training.export run_dir=RUN output_dir=DIR [export.format=merged|adapter|onnx]``
+
+- ``merged``: LoRA merged into the backbone (peft ``merge_and_unload``), saved as safetensors with the
+  tokenizer and ``heads.safetensors``; the backbone loads with plain ``transformers.AutoModel``.
+- ``adapter``: the peft adapter + heads; the base model is referenced by ``newsimpact.json``.
+- ``onnx``: the merged folder plus ``model.onnx`` (inputs ``input_ids``, ``attention_mask``,
+  ``entity_mask``; dynamic batch/sequence/entity axes; every head's output), run with onnxruntime;
+  ``export.quantize=int8`` adds ``model.int8.onnx`` (dynamic quantization for CPU serving).
+
+Every export writes ``newsimpact.json`` (format, base model, label schema, max length, chunking defaults,
+metrics, config hash) and a ``README.md`` model card.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig
+
+from training.config import ConfigError, exit_on_config_error, load_config
+from training.modeling import (
+    _DTYPES,
+    FORMAT_VERSION,
+    HEADS_FILE,
+    META_FILE,
+    NewsImpactModel,
+    load_tokenizer,
+    load_trained,
+    read_meta,
+)
+
+log = logging.getLogger("newsimpact.export")
+FORMATS = ("merged", "adapter", "onnx")
+EXPORT_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+@dataclass
+class ExportOptions:
+    format: str = "merged"
+    dtype: str = "fp32"  # fp32 | bf16 | fp16 (weights as saved; onnx is always exported in fp32)
+    checkpoint: str = "final"  # final (run_dir/adapter) | best | last | path to a .ckpt of this run
+    quantize: str | None = None  # int8: also write a dynamically quantized ONNX model (format=onnx)
+    opset: int = 17
+
+
+@dataclass
+class ExportConfig:
+    run_dir: str = "???"
+    output_dir: str = "???"
+    overwrite: bool = False
+    export: ExportOptions = field(default_factory=ExportOptions)
+
+
+def validate_export_config(config: ExportConfig) -> None:
+    problems = []
+    run_dir = Path(config.run_dir)
+    if not (run_dir / "adapter" / META_FILE).exists():
+        problems.append(
+            f"run_dir='{config.run_dir}' has no adapter/{META_FILE}; give the run_dir of a finished training run"
+        )
+    opts = config.export
+    if opts.format not in FORMATS:
+        problems.append(f"export.format='{opts.format}' must be one of {', '.join(FORMATS)}")
+    if opts.dtype not in EXPORT_DTYPES:
+        problems.append(f"export.dtype='{opts.dtype}' must be one of {', '.join(EXPORT_DTYPES)}")
+    if opts.quantize not in (None, "int8"):
+        problems.append(f"export.quantize='{opts.quantize}' must be int8 or null")
+    if opts.quantize and opts.format != "onnx":
+        problems.append("export.quantize=int8 needs export.format=onnx")
+    if opts.checkpoint not in ("final", "best", "last") and not Path(opts.checkpoint).is_file():
+        problems.append(f"export.checkpoint='{opts.checkpoint}' must be final, best, last or a .ckpt file")
+    out = Path(config.output_dir)
+    if out.exists() and any(out.iterdir()) and not config.overwrite:
+        problems.append(f"output_dir='{config.output_dir}' is not empty; choose a new folder or pass overwrite=true")
+    if problems:
+        raise ConfigError(problems)
+
+
+def _checkpoint_path(run_dir: Path, which: str) -> Path | None:
+    if which == "final":
+        return None
+    if which == "last":
+        return run_dir / "checkpoints" / "last.ckpt"
+    if which == "best":
+        best = json.loads((run_dir / "run.json").read_text()).get("best_checkpoint")
+        if not best:
+            raise ConfigError(["export.checkpoint=best: the run recorded no best checkpoint (no checkpoint.monitor)"])
+        return Path(best)
+    return Path(which)
+
+
+def load_run_model(run_dir: Path, checkpoint: str = "final") -> NewsImpactModel:
+    """The run's model in float32, with the weights of the chosen checkpoint."""
+    model = load_trained(run_dir / "adapter")
+    ckpt = _checkpoint_path(run_dir, checkpoint)
+    if ckpt is not None:
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+        # Lightning stores the module's keys as "model.<name>"; peft's are named like the live model's.
+        state = {k.removeprefix("model."): v for k, v in state.items()}
+        missing = set(state) - {n for n, _ in model.named_parameters()}
+        if missing:
+            raise ValueError(f"{ckpt} does not belong to this run: unknown weights {sorted(missing)[:3]}")
+        model.load_state_dict(state, strict=False)
+    return model
+
+
+class OnnxHeads(torch.nn.Module):
+    """Inference-time outputs of every head, as the ONNX graph returns them."""
+
+    def __init__(self, model: NewsImpactModel):
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, entity_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        out = self.model(input_ids, attention_mask, entity_mask)
+        return (
+            torch.softmax(out["sentiment_logits"], dim=-1),
+            out["sentiment_score"],
+            out["impact"],
+            torch.sigmoid(out["topic_logits"]),
+            out["ticker_score"],
+        )
+
+
+ONNX_OUTPUTS = ["sentiment_probs", "sentiment_score", "impact", "topic_scores", "ticker_score"]
+
+
+def export_onnx(model: NewsImpactModel, tokenizer: Any, path: Path, opset: int) -> None:
+    sample = tokenizer(["$ACME beats estimates", "quiet day"], padding=True, return_tensors="pt")
+    entity_mask = torch.zeros(2, 1, sample["input_ids"].shape[1], dtype=torch.bool)
+    entity_mask[0, 0, 1] = True
+    torch.onnx.export(
+        OnnxHeads(model).eval(),
+        (sample["input_ids"], sample["attention_mask"], entity_mask),
+        str(path),
+        input_names=["input_ids", "attention_mask", "entity_mask"],
+        output_names=ONNX_OUTPUTS,
+        dynamic_axes={
+            "input_ids": {0: "batch", 1: "sequence"},
+            "attention_mask": {0: "batch", 1: "sequence"},
+            "entity_mask": {0: "batch", 1: "entities", 2: "sequence"},
+            "sentiment_probs": {0: "batch"},
+            "sentiment_score": {0: "batch"},
+            "impact": {0: "batch"},
+            "topic_scores": {0: "batch"},
+            "ticker_score": {0: "batch", 1: "entities"},
+        },
+        opset_version=opset,
+        dynamo=False,
+    )
+
+
+def _model_card(meta: dict[str, Any], run_info: dict[str, Any]) -> str:
+    metrics = run_info.get("val_metrics") or {}
+    rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items())) or "| (none logged) | |"
+    sources = ", ".join(run_info.get("config", {}).get("data", {}).get("sources", {})) or "unknown"
+    schema = meta["schema"]
+    return f"""# newsimpact model ({meta["format"]})
+
+Financial-news sentiment and market-impact model exported by newsimpact.
+
+- Base model: `{meta["base_model"]}`
+- Fine-tuning: {meta["peft"].get("method", "lora")} (r={meta["peft"].get("r")}), config hash `{meta["config_hash"]}`
+- Training data: {sources}
+- Sentiment scale: {", ".join(schema["sentiment_labels"])}
+- Topics: {", ".join(schema["topics"])}
+- Max length: {meta["max_length"]} tokens per chunk; longer articles are scored in overlapping chunks.
+
+## Validation metrics (as logged at the end of training)
+| metric | value |
+|---|---|
+{rows}
+
+## Intended use
+Scoring English financial news and headlines for research: sentiment towards the named companies,
+expected size of the market reaction, topics. Run it with `python -m inference.score model_dir=THIS_FOLDER ...`.
+
+## Limits
+- Learned from the labelled sources above; heads without labels in those sources are untrained and
+  their outputs carry no meaning (check which heads have metrics above).
+- Impact is a learned expectation of reaction size, not a forecast of direction or returns.
+- Not investment advice; English only; behaviour on other domains (social media slang, other languages)
+  is untested.
+"""
+
+
+def run(config: ExportConfig) -> Path:
+    """Write the export; returns the output folder."""
+    run_dir, out = Path(config.run_dir), Path(config.output_dir)
+    opts = config.export
+    run_meta = read_meta(run_dir / "adapter")
+    run_info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
+    model = load_run_model(run_dir, opts.checkpoint)
+    tokenizer = load_tokenizer(str(run_dir / "adapter"))
+    if out.exists() and config.overwrite:
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    dtype = _DTYPES[EXPORT_DTYPES[opts.dtype]]
+    is_peft = hasattr(model.backbone, "peft_config")
+    if opts.format == "adapter":
+        if not is_peft:
+            raise ConfigError(["export.format=adapter: this run fine-tuned the full backbone (peft.method=none)"])
+        model.backbone.save_pretrained(out)
+    else:
+        backbone = model.backbone.merge_and_unload() if is_peft else model.backbone
+        model.backbone = backbone
+        _restore_pooler(backbone, run_meta["base_model"])
+        backbone.to(dtype).save_pretrained(out)
+        if opts.format == "onnx":
+            model.float()
+            model.backbone.config._attn_implementation = "eager"
+            export_onnx(model, tokenizer, out / "model.onnx", opts.opset)
+            if opts.quantize == "int8":
+                from onnxruntime.quantization import QuantType, quantize_dynamic
+
+                quantize_dynamic(str(out / "model.onnx"), str(out / "model.int8.onnx"), weight_type=QuantType.QInt8)
+    from safetensors.torch import save_file
+
+    save_file({k: v.float().contiguous() for k, v in model.heads.state_dict().items()}, str(out / HEADS_FILE))
+    tokenizer.save_pretrained(out)
+    meta = {
+        **run_meta,
+        "format_version": FORMAT_VERSION,
+        "format": opts.format,
+        "dtype": EXPORT_DTYPES[opts.dtype],
+        "metrics": run_info.get("val_metrics", {}),
+        "exported_from": {"run_dir": str(run_dir.resolve()), "checkpoint": opts.checkpoint},
+        "chunking": {"max_length": run_meta["max_length"], "stride": max(16, run_meta["max_length"] // 8)},
+        "onnx": {"file": "model.onnx", "outputs": ONNX_OUTPUTS} if opts.format == "onnx" else None,
+    }
+    (out / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    (out / "README.md").write_text(_model_card(meta, run_info))
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    print(f"newsimpact: exported {opts.format} model to {out} ({size / 1e6:.1f} MB)")
+    return out
+
+
+def _restore_pooler(backbone: Any, base_model: str) -> None:
+    """Put the base model's (unused) pooler back so the folder loads with AutoModel without warnings."""
+    if not hasattr(backbone, "pooler") or backbone.pooler is not None:
+        return
+    from transformers import AutoModel
+
+    base = AutoModel.from_pretrained(base_model)
+    backbone.pooler = getattr(base, "pooler", None)
+
+
+@hydra.main(config_path="../configs", config_name="export", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    def _load() -> ExportConfig:
+        config = load_config(cfg, ExportConfig)
+        validate_export_config(config)
+        return config
+
+    config = exit_on_config_error(_load)
+    exit_on_config_error(lambda: run(config))
+
+
+if __name__ == "__main__":
+    main()
+
