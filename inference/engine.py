@@ -62,7 +62,9 @@ class Runner:
             import onnxruntime as ort
 
             opts = ort.SessionOptions()
-            self.session = ort.InferenceSession(str(Path(model_dir) / "model.onnx"), opts, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(
+                str(Path(model_dir) / "model.onnx"), opts, providers=["CPUExecutionProvider"]
+            )
             self.n_labels = len(read_meta(model_dir)["schema"]["sentiment_labels"])
             return
         model = load_trained(model_dir)
@@ -77,11 +79,17 @@ class Runner:
         return torch.autocast(self.device.type, dtype=dtype)
 
     @torch.inference_mode()
-    def __call__(self, ids: torch.Tensor, mask: torch.Tensor, entity_mask: torch.Tensor) -> dict[str, np.ndarray]:
+    def __call__(
+        self, ids: torch.Tensor, mask: torch.Tensor, entity_mask: torch.Tensor
+    ) -> dict[str, np.ndarray]:
         if self.session is not None:
             outputs = self.session.run(
                 None,
-                {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "entity_mask": entity_mask.numpy()},
+                {
+                    "input_ids": ids.numpy(),
+                    "attention_mask": mask.numpy(),
+                    "entity_mask": entity_mask.numpy(),
+                },
             )
             names = ["sentiment_probs", "sentiment_score", "impact", "topic_scores", "ticker_score"]
             return dict(zip(names, outputs))
@@ -122,7 +130,11 @@ class Scorer:
         self.labels: list[str] = self.meta["schema"]["sentiment_labels"]
         self.topics: list[str] = self.meta["schema"]["topics"]
         self.max_length: int = self.meta["max_length"]
-        self.stride = stride if stride is not None else self.meta.get("chunking", {}).get("stride", self.max_length // 8)
+        self.stride = (
+            stride
+            if stride is not None
+            else self.meta.get("chunking", {}).get("stride", self.max_length // 8)
+        )
         self.tokenizer = load_tokenizer(model_dir)
         use_onnx = self.meta.get("format") == "onnx"
         self.runner = Runner(model_dir, device, precision, compile, use_onnx)
@@ -151,10 +163,12 @@ class Scorer:
             return_offsets_mapping=True,
         )
         tickers = [
-            a.tickers if a.tickers is not None else extract_tickers(a.text[:cap], self.ticker_map) for a in articles
+            a.tickers if a.tickers is not None else extract_tickers(a.text[:cap], self.ticker_map)
+            for a in articles
         ]
         spans = [
-            [find_mentions(text, t, self.aliases.get(t, ())) for t in ticks] for text, ticks in zip(texts, tickers)
+            [find_mentions(text, t, self.aliases.get(t, ())) for t in ticks]
+            for text, ticks in zip(texts, tickers)
         ]
         chunks: list[Chunk] = []
         per_article: dict[int, int] = {}
@@ -176,7 +190,9 @@ class Scorer:
         longest = 0
         for i in order:
             n = len(chunks[i].input_ids)
-            if batch and (max(longest, n) * (len(batch) + 1) > self.batch_tokens or len(batch) >= self.max_batch_size):
+            if batch and (
+                max(longest, n) * (len(batch) + 1) > self.batch_tokens or len(batch) >= self.max_batch_size
+            ):
                 yield batch
                 batch, longest = [], 0
             batch.append(i)
@@ -184,7 +200,9 @@ class Scorer:
         if batch:
             yield batch
 
-    def _tensors(self, chunks: list[Chunk]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[list[int]]]:
+    def _tensors(
+        self, chunks: list[Chunk]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[list[int]]]:
         length = max(len(c.input_ids) for c in chunks)
         pad = self.tokenizer.pad_token_id
         left = self.tokenizer.padding_side == "left"
@@ -192,7 +210,9 @@ class Scorer:
         mask = torch.zeros((len(chunks), length), dtype=torch.long)
         # Only tickers mentioned in a chunk get a slot in it: slot lists map slots back to tickers.
         slots = [[t for t, toks in enumerate(c.entity_tokens) if toks] for c in chunks]
-        entity_mask = torch.zeros((len(chunks), max((len(s) for s in slots), default=0), length), dtype=torch.bool)
+        entity_mask = torch.zeros(
+            (len(chunks), max((len(s) for s in slots), default=0), length), dtype=torch.bool
+        )
         for b, chunk in enumerate(chunks):
             n = len(chunk.input_ids)
             shift = length - n if left else 0
@@ -205,7 +225,9 @@ class Scorer:
         return ids, mask, entity_mask, slots
 
     # -- scoring -------------------------------------------------------------------------------------
-    def score(self, articles: Sequence[Article], prepared: tuple[list[Chunk], list[list[str]], int] | None = None) -> list[dict[str, Any]]:
+    def score(
+        self, articles: Sequence[Article], prepared: tuple[list[Chunk], list[list[str]], int] | None = None
+    ) -> list[dict[str, Any]]:
         """Score a window of articles; one output record per article, in input order."""
         chunks, tickers, _ = prepared if prepared is not None else self.prepare(articles)
         n_labels, n_topics = len(self.labels), len(self.topics)
@@ -224,10 +246,15 @@ class Scorer:
                 impact[i] = out["impact"][row]
                 topic[i] = out["topic_scores"][row][:n_topics]
                 for e, t in enumerate(slots[row]):
-                    ticker_scores[i][t] = (float(out["ticker_score"][row, e]), len(chunks[i].entity_tokens[t]))
+                    ticker_scores[i][t] = (
+                        float(out["ticker_score"][row, e]),
+                        len(chunks[i].entity_tokens[t]),
+                    )
         return self._aggregate(articles, chunks, tickers, probs, score, impact, topic, ticker_scores)
 
-    def _aggregate(self, articles, chunks, tickers, probs, score, impact, topic, ticker_scores) -> list[dict[str, Any]]:
+    def _aggregate(
+        self, articles, chunks, tickers, probs, score, impact, topic, ticker_scores
+    ) -> list[dict[str, Any]]:
         by_article: dict[int, list[int]] = {}
         for i, chunk in enumerate(chunks):
             by_article.setdefault(chunk.article, []).append(i)
@@ -253,7 +280,11 @@ class Scorer:
                     "sentiment": self.labels[int(p.argmax())],
                     "sentiment_probs": [float(x) for x in p],
                     "sentiment_score": float((score[idx] * weights).sum()),
-                    "impact": float(impact[idx].max() if self.impact_aggregation == "max" else (impact[idx] * weights).sum()),
+                    "impact": float(
+                        impact[idx].max()
+                        if self.impact_aggregation == "max"
+                        else (impact[idx] * weights).sum()
+                    ),
                     "topics": [name for name, s in zip(self.topics, t) if s >= self.topic_threshold],
                     "topic_scores": [{"topic": name, "score": float(s)} for name, s in zip(self.topics, t)],
                     "tickers": ticker_out,

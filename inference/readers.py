@@ -49,8 +49,11 @@ def _open_binary(path: str) -> IO[bytes]:
         try:
             import zstandard
         except ImportError as err:  # pragma: no cover - depends on the environment
-            raise ImportError(f"{path}: reading .zst needs the zstandard package (pip install zstandard)") from err
-        return zstandard.ZstdDecompressor().stream_reader(raw)  # type: ignore[return-value]
+            raise ImportError(
+                f"{path}: reading .zst needs the zstandard package (pip install zstandard)"
+            ) from err
+        reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+        return io.BufferedReader(reader)  # type: ignore[arg-type]  # line iteration needs buffering
     return raw  # type: ignore[no-any-return]
 
 
@@ -88,7 +91,9 @@ def _iter_jsonl(path: str) -> Iterator[dict[str, Any] | BadRow]:
                 yield BadRow(f"malformed JSON: {err.msg} (column {err.colno})", _truncate(text.rstrip("\n")))
                 continue
             if not isinstance(row, dict):
-                yield BadRow(f"row is a JSON {type(row).__name__}, not an object", _truncate(text.rstrip("\n")))
+                yield BadRow(
+                    f"row is a JSON {type(row).__name__}, not an object", _truncate(text.rstrip("\n"))
+                )
                 continue
             yield row
 
@@ -98,11 +103,16 @@ def _iter_csv(path: str) -> Iterator[dict[str, Any] | BadRow]:
 
     delimiter = "\t" if path.lower().removesuffix(".gz").endswith(".tsv") else ","
     with _open_binary(path) as fh:
-        reader = csv.DictReader(io.TextIOWrapper(fh, encoding="utf-8", errors="surrogateescape", newline=""), delimiter=delimiter)
+        reader = csv.DictReader(
+            io.TextIOWrapper(fh, encoding="utf-8", errors="surrogateescape", newline=""), delimiter=delimiter
+        )
         for row in reader:
             bad = [k for k, v in row.items() if isinstance(v, str) and _has_surrogates(v)]
             if bad:
-                yield BadRow(f"invalid UTF-8 in column '{bad[0]}'", _truncate(json.dumps(row, default=str, ensure_ascii=True)))
+                yield BadRow(
+                    f"invalid UTF-8 in column '{bad[0]}'",
+                    _truncate(json.dumps(row, default=str, ensure_ascii=True)),
+                )
                 continue
             if None in row:  # more fields than the header names
                 yield BadRow("row has more fields than the header", _truncate(json.dumps(row, default=str)))

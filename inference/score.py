@@ -98,7 +98,9 @@ def validate_score_config(config: ScoreConfig) -> list[str]:
     patterns = [config.input] if isinstance(config.input, str) else list(config.input)
     files = expand_inputs(patterns) if patterns else []
     if not files:
-        problems.append(f"input='{config.input}' matches no file; check the path or glob (quote it in the shell)")
+        problems.append(
+            f"input='{config.input}' matches no file; check the path or glob (quote it in the shell)"
+        )
     opts = config.inference
     if opts.precision not in ("fp32", "bf16", "fp16"):
         problems.append(f"inference.precision='{opts.precision}' must be fp32, bf16 or fp16")
@@ -119,7 +121,11 @@ def validate_score_config(config: ScoreConfig) -> list[str]:
 # -- distributed plumbing ---------------------------------------------------------------------------
 def _dist_env() -> tuple[int, int, int]:
     """(rank, world_size, local_rank) as torchrun and accelerate launch set them."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+    return (
+        int(os.environ.get("RANK", 0)),
+        int(os.environ.get("WORLD_SIZE", 1)),
+        int(os.environ.get("LOCAL_RANK", 0)),
+    )
 
 
 def _init_dist(world: int, timeout_s: int) -> bool:
@@ -165,7 +171,17 @@ def plan_units(files: list[str], unit_rows: int) -> list[Unit]:
 def job_identity(config: ScoreConfig, files: list[str]) -> dict[str, Any]:
     """What must match for parts in one output_dir to belong to one job."""
     opts = asdict(config.inference)
-    for key in ("overwrite", "progress", "device", "compile", "window", "batch_tokens", "max_batch_size", "max_error_rate", "dist_timeout_s"):
+    for key in (
+        "overwrite",
+        "progress",
+        "device",
+        "compile",
+        "window",
+        "batch_tokens",
+        "max_batch_size",
+        "max_error_rate",
+        "dist_timeout_s",
+    ):
         opts.pop(key)  # settings that change speed or policy, not the values written
     return {"model": model_fingerprint(config.model_dir), "inputs": files, "options": opts}
 
@@ -179,6 +195,9 @@ def prepare_output(config: ScoreConfig, files: list[str], out: Path) -> dict[str
     if job_path.exists():
         previous = json.loads(job_path.read_text())
         if previous["identity"] == identity:
+            # Leftovers of a killed run: never renamed into place, so they hold nothing that counts.
+            for stale in out.glob(".*.tmp-*"):
+                stale.unlink()
             return previous
         differs = [k for k in identity if previous["identity"].get(k) != identity[k]]
         raise ConfigError(
@@ -299,7 +318,9 @@ class Progress:
         if rank == 0 and enabled:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total_rows, unit="article", desc="scoring", dynamic_ncols=True, file=sys.stderr)
+            self.bar = tqdm(
+                total=total_rows, unit="article", desc="scoring", dynamic_ncols=True, file=sys.stderr
+            )
 
     def add(self, rows: int, tokens: int) -> None:
         self.rows += rows
@@ -308,7 +329,9 @@ class Progress:
         if now - self.last < 1.0:
             return
         self.last = now
-        _atomic_write_text(self.dir / f"rank-{self.rank}.json", json.dumps({"rows": self.rows, "tokens": self.tokens}))
+        _atomic_write_text(
+            self.dir / f"rank-{self.rank}.json", json.dumps({"rows": self.rows, "tokens": self.tokens})
+        )
         if self.bar is not None:
             rows, tokens = self.rows, self.tokens
             for other in self.dir.glob("rank-*.json"):
@@ -326,7 +349,14 @@ class Progress:
             self.bar.close()
 
 
-def score_unit(scorer: Scorer, unit: Unit, opts: InferenceOptions, out: Path, pool: ThreadPoolExecutor, progress: Progress) -> dict[str, int]:
+def score_unit(
+    scorer: Scorer,
+    unit: Unit,
+    opts: InferenceOptions,
+    out: Path,
+    pool: ThreadPoolExecutor,
+    progress: Progress,
+) -> dict[str, int]:
     """Score one unit and publish its part (and errors) atomically. Returns its counts."""
     errors: list[dict[str, Any]] = []
     records: list[dict[str, Any]] = []
@@ -355,7 +385,13 @@ def score_unit(scorer: Scorer, unit: Unit, opts: InferenceOptions, out: Path, po
     tmp = part.with_name(f".{part.name}.tmp-{os.getpid()}")
     pq.write_table(_table(records, opts.keep_columns), tmp)
     tmp.replace(part)
-    return {"rows": len(records) + len(errors), "scored": len(records), "errors": len(errors), "chunks": chunks, "tokens": tokens}
+    return {
+        "rows": len(records) + len(errors),
+        "scored": len(records),
+        "errors": len(errors),
+        "chunks": chunks,
+        "tokens": tokens,
+    }
 
 
 def summarize(out: Path, job: dict[str, Any]) -> dict[str, int]:
@@ -407,7 +443,15 @@ def run(config: ScoreConfig, files: list[str]) -> dict[str, Any]:
         if device.startswith("cuda"):
             torch.cuda.set_device(device)
         start = time.perf_counter()
-        stats = {"rows": 0, "scored": 0, "errors": 0, "chunks": 0, "tokens": 0, "units": len(todo), "skipped_units": len(mine) - len(todo)}
+        stats: dict[str, float] = {
+            "rows": 0,
+            "scored": 0,
+            "errors": 0,
+            "chunks": 0,
+            "tokens": 0,
+            "units": len(todo),
+            "skipped_units": len(mine) - len(todo),
+        }
         if todo:
             scorer = Scorer(
                 config.model_dir,
@@ -422,7 +466,9 @@ def run(config: ScoreConfig, files: list[str]) -> dict[str, Any]:
                 topic_threshold=opts.topic_threshold,
                 ticker_map=load_ticker_map(opts.ticker_map_file, opts.ticker_map),
             )
-            total = sum(u.end - u.start for u in units) - sum(u.end - u.start for u in units if (out / f"part-{u.name}.parquet").exists())
+            total = sum(u.end - u.start for u in units) - sum(
+                u.end - u.start for u in units if (out / f"part-{u.name}.parquet").exists()
+            )
             progress = Progress(out, rank, world, total, opts.progress)
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize") as pool:
                 for unit in todo:
@@ -443,9 +489,13 @@ def run(config: ScoreConfig, files: list[str]) -> dict[str, Any]:
             torch.distributed.destroy_process_group()
 
 
-def finish(config: ScoreConfig, out: Path, job: dict[str, Any], all_stats: list[dict[str, Any]], files: list[str]) -> dict[str, Any]:
+def finish(
+    config: ScoreConfig, out: Path, job: dict[str, Any], all_stats: list[dict[str, Any]], files: list[str]
+) -> dict[str, Any]:
     totals = summarize(out, job)
-    done = [u for u in job["units"] if (out / f"part-{u['file_index']:05d}-{u['index']:05d}.parquet").exists()]
+    done = [
+        u for u in job["units"] if (out / f"part-{u['file_index']:05d}-{u['index']:05d}.parquet").exists()
+    ]
     complete = len(done) == len(job["units"])
     seconds = max((s["seconds"] for s in all_stats), default=0.0)
     this_run_rows = sum(s["rows"] for s in all_stats)
@@ -453,7 +503,11 @@ def finish(config: ScoreConfig, out: Path, job: dict[str, Any], all_stats: list[
         "complete": complete,
         "inputs": files,
         "output_dir": str(out.resolve()),
-        "units": {"total": len(job["units"]), "done": len(done), "this_run": sum(s["units"] for s in all_stats)},
+        "units": {
+            "total": len(job["units"]),
+            "done": len(done),
+            "this_run": sum(s["units"] for s in all_stats),
+        },
         **totals,
         "this_run": {
             "rows": this_run_rows,

@@ -147,3 +147,39 @@ def tiny_overrides(model_path: str, run_dir: str | Path, data_root: str | None =
     if data_root:
         overrides += [f"data.sources.sample.root={data_root}"]
     return overrides
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_bert, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A short real training run of the tiny BERT on the sample data (adapter + heads)."""
+    from training.train import run
+
+    run_dir = tmp_path_factory.mktemp("run") / "tiny"
+    run(
+        compose_train(tiny_overrides(tiny_bert, run_dir) + ["trainer.max_steps=4", "trainer.max_epochs=-1"]),
+        run_dir,
+    )
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def exported(trained_run, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The trained run exported in every format."""
+    from training.export import ExportConfig, ExportOptions, run
+
+    root = tmp_path_factory.mktemp("exports")
+    out = {}
+    for fmt in ("merged", "adapter", "onnx"):
+        out[fmt] = run(
+            ExportConfig(
+                run_dir=str(trained_run), output_dir=str(root / fmt), export=ExportOptions(format=fmt)
+            )
+        )
+    return out
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    with open(path, "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write((row if isinstance(row, str) else json.dumps(row, ensure_ascii=False)) + "\n")
+    return path

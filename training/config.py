@@ -140,6 +140,8 @@ class LossConfig:
     impact: float = 1.0
     topics: float = 1.0
     tickers: float = 1.0
+    # balanced: weight sentiment classes by inverse training frequency (helps macro-F1 on skewed sets)
+    sentiment_class_weights: str | None = None
 
 
 @dataclass
@@ -308,6 +310,10 @@ def validate_train_config(config: TrainConfig) -> None:
         problems.append("no data source has a 'train' split")
     if config.data.batch_size < 1:
         problems.append(f"data.batch_size={config.data.batch_size} must be >= 1")
+    if config.loss.sentiment_class_weights not in (None, "balanced"):
+        problems.append(
+            f"loss.sentiment_class_weights='{config.loss.sentiment_class_weights}' must be balanced or null"
+        )
     for head in HEADS:
         if getattr(config.loss, head) < 0:
             problems.append(f"loss.{head} must be >= 0")

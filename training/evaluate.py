@@ -20,7 +20,7 @@ import hydra
 import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
-from torchmetrics import classification as tmc
+from torchmetrics.functional import classification as tmc
 from tqdm.auto import tqdm
 
 from training.config import ConfigError, DataConfig, SchemaConfig, exit_on_config_error, load_config
@@ -45,13 +45,17 @@ def validate_evaluate_config(config: EvaluateConfig) -> None:
 
     problems: list[str] = []
     if not (Path(config.model_dir) / META_FILE).exists():
-        problems.append(f"model_dir='{config.model_dir}' has no {META_FILE}; export a run first (training.export)")
+        problems.append(
+            f"model_dir='{config.model_dir}' has no {META_FILE}; export a run first (training.export)"
+        )
         raise ConfigError(problems)
     schema = SchemaConfig(**read_meta(config.model_dir)["schema"])
     for name, source in config.data.sources.items():
         _check_source(name, source, schema, problems)
         if config.split not in source.splits:
-            problems.append(f"data.sources.{name} has no split '{config.split}' (has: {', '.join(source.splits)})")
+            problems.append(
+                f"data.sources.{name} has no split '{config.split}' (has: {', '.join(source.splits)})"
+            )
     if problems:
         raise ConfigError(problems)
 
@@ -80,8 +84,13 @@ def predict(model: NewsImpactModel, loader: DataLoader) -> dict[str, torch.Tenso
 
 
 def _regression(pred: torch.Tensor, true: torch.Tensor) -> dict[str, float]:
-    from torchmetrics.functional import mean_absolute_error, mean_squared_error, pearson_corrcoef, r2_score
-    from torchmetrics.functional import spearman_corrcoef
+    from torchmetrics.functional import (
+        mean_absolute_error,
+        mean_squared_error,
+        pearson_corrcoef,
+        r2_score,
+        spearman_corrcoef,
+    )
 
     mask = ~torch.isnan(true)
     pred, true = pred[mask], true[mask]
@@ -172,7 +181,7 @@ def plot(pred: dict[str, torch.Tensor], labels: list[str], out: Path) -> list[st
         ax.set_yticks(range(len(labels)), labels)
         for i in range(len(labels)):
             for j in range(len(labels)):
-                ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=8)
+                ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=8)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
         ax.set_title("sentiment confusion matrix")
@@ -201,7 +210,10 @@ def plot(pred: dict[str, torch.Tensor], labels: list[str], out: Path) -> list[st
         fig.savefig(out / "reliability.png", dpi=120)
         plt.close(fig)
         written.append("reliability.png")
-    for head, p_key, t_key in (("sentiment_score", "sentiment_score_pred", "sentiment_score"), ("impact", "impact_pred", "impact")):
+    for head, p_key, t_key in (
+        ("sentiment_score", "sentiment_score_pred", "sentiment_score"),
+        ("impact", "impact_pred", "impact"),
+    ):
         mask = ~torch.isnan(pred[t_key])
         if mask.sum() < 2:
             continue
@@ -225,9 +237,15 @@ def format_table(metrics: dict[str, Any]) -> str:
             continue
         for key, value in values.items():
             if isinstance(value, float | int) and not isinstance(value, bool):
-                lines.append(f"{head:<16} {key:<14} {value:>8.4f}" if isinstance(value, float) else f"{head:<16} {key:<14} {value:>8d}")
+                lines.append(
+                    f"{head:<16} {key:<14} {value:>8.4f}"
+                    if isinstance(value, float)
+                    else f"{head:<16} {key:<14} {value:>8d}"
+                )
         for label, row in values.get("per_class", {}).items():
-            lines.append(f"{head:<16} {label[:14]:<14} P {row['precision']:.3f} R {row['recall']:.3f} F1 {row['f1']:.3f} n {row['support']}")
+            lines.append(
+                f"{head:<16} {label[:14]:<14} P {row['precision']:.3f} R {row['recall']:.3f} F1 {row['f1']:.3f} n {row['support']}"
+            )
     return "\n".join(lines)
 
 
@@ -238,7 +256,9 @@ def run(config: EvaluateConfig) -> dict[str, Any]:
     schema = SchemaConfig(**meta["schema"])
     tokenizer = load_tokenizer(config.model_dir)
     ds = build_splits(config.data, schema, tokenizer, meta["max_length"], only=[config.split])[config.split]
-    loader = DataLoader(ds, batch_size=config.batch_size, collate_fn=Collator(tokenizer.pad_token_id, len(schema.topics)))  # type: ignore[arg-type]
+    loader = DataLoader(
+        ds, batch_size=config.batch_size, collate_fn=Collator(tokenizer.pad_token_id, len(schema.topics))
+    )  # type: ignore[arg-type]
     pred = predict(model, loader)
     metrics = compute_metrics(pred, schema.sentiment_labels, schema.topics)
     metrics["training_style"] = training_style_metrics(model, loader)

@@ -80,7 +80,9 @@ def validate_export_config(config: ExportConfig) -> None:
         problems.append(f"export.checkpoint='{opts.checkpoint}' must be final, best, last or a .ckpt file")
     out = Path(config.output_dir)
     if out.exists() and any(out.iterdir()) and not config.overwrite:
-        problems.append(f"output_dir='{config.output_dir}' is not empty; choose a new folder or pass overwrite=true")
+        problems.append(
+            f"output_dir='{config.output_dir}' is not empty; choose a new folder or pass overwrite=true"
+        )
     if problems:
         raise ConfigError(problems)
 
@@ -93,7 +95,9 @@ def _checkpoint_path(run_dir: Path, which: str) -> Path | None:
     if which == "best":
         best = json.loads((run_dir / "run.json").read_text()).get("best_checkpoint")
         if not best:
-            raise ConfigError(["export.checkpoint=best: the run recorded no best checkpoint (no checkpoint.monitor)"])
+            raise ConfigError(
+                ["export.checkpoint=best: the run recorded no best checkpoint (no checkpoint.monitor)"]
+            )
         return Path(best)
     return Path(which)
 
@@ -210,7 +214,9 @@ def run(config: ExportConfig) -> Path:
     is_peft = hasattr(model.backbone, "peft_config")
     if opts.format == "adapter":
         if not is_peft:
-            raise ConfigError(["export.format=adapter: this run fine-tuned the full backbone (peft.method=none)"])
+            raise ConfigError(
+                ["export.format=adapter: this run fine-tuned the full backbone (peft.method=none)"]
+            )
         model.backbone.save_pretrained(out)
     else:
         backbone = model.backbone.merge_and_unload() if is_peft else model.backbone
@@ -224,7 +230,9 @@ def run(config: ExportConfig) -> Path:
             if opts.quantize == "int8":
                 from onnxruntime.quantization import QuantType, quantize_dynamic
 
-                quantize_dynamic(str(out / "model.onnx"), str(out / "model.int8.onnx"), weight_type=QuantType.QInt8)
+                quantize_dynamic(
+                    str(out / "model.onnx"), str(out / "model.int8.onnx"), weight_type=QuantType.QInt8
+                )
     from safetensors.torch import save_file
 
     save_file({k: v.float().contiguous() for k, v in model.heads.state_dict().items()}, str(out / HEADS_FILE))
@@ -269,4 +277,3 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     main()
-

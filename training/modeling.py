@@ -68,9 +68,7 @@ class NewsImpactModel(nn.Module):
 
     backbone: Any  # a transformers PreTrainedModel, or a peft PeftModel around one
 
-    def __init__(
-        self, backbone: Any, schema: LabelSchema, pooling: str = "mean", head_dropout: float = 0.1
-    ):
+    def __init__(self, backbone: Any, schema: LabelSchema, pooling: str = "mean", head_dropout: float = 0.1):
         super().__init__()
         hidden: int = backbone.config.hidden_size
         self.backbone = backbone
@@ -121,12 +119,25 @@ class NewsImpactModel(nn.Module):
         return out
 
 
+def balanced_class_weights(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """Inverse-frequency class weights (mean 1 over present classes); absent classes get weight 0."""
+    labels = labels[labels >= 0]
+    counts = torch.bincount(labels, minlength=n_classes).float()
+    present = counts > 0
+    weights = torch.zeros(n_classes)
+    weights[present] = counts[present].sum() / (present.sum() * counts[present])
+    return weights
+
+
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask).sum() / mask.sum().clamp(min=1)
 
 
 def compute_losses(
-    out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], weights: LossConfig
+    out: dict[str, torch.Tensor],
+    batch: dict[str, torch.Tensor],
+    weights: LossConfig,
+    class_weights: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Per-head losses, each averaged over the rows that carry that label, plus their weighted ``loss``.
 

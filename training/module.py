@@ -14,7 +14,7 @@ from torchmetrics import regression as tmr
 
 from training.config import DataConfig, LossConfig, OptimConfig, SchemaConfig
 from training.data import Collator, LengthGroupedSampler, build_splits
-from training.modeling import NewsImpactModel, compute_losses, trainable_state_dict
+from training.modeling import NewsImpactModel, balanced_class_weights, compute_losses, trainable_state_dict
 
 
 class NewsDataModule(pl.LightningDataModule):
@@ -59,6 +59,12 @@ class NewsDataModule(pl.LightningDataModule):
         if "validation" not in self.splits:
             return []
         return self._loader("validation", self.data.eval_batch_size, shuffle=False)
+
+    def class_weights(self) -> torch.Tensor:
+        """Balanced sentiment class weights from the training split."""
+        self.setup("fit")
+        labels = torch.tensor(self.splits["train"]["sentiment_id"])
+        return balanced_class_weights(labels, len(self.schema.sentiment_labels))
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", self.data.eval_batch_size, shuffle=False)
@@ -148,9 +154,18 @@ class NewsImpactModule(pl.LightningModule):
     pretrained files, which is why loading is non-strict.
     """
 
-    def __init__(self, model: NewsImpactModel, optim: OptimConfig, loss_weights: LossConfig):
+    class_weights: torch.Tensor | None
+
+    def __init__(
+        self,
+        model: NewsImpactModel,
+        optim: OptimConfig,
+        loss_weights: LossConfig,
+        class_weights: torch.Tensor | None = None,
+    ):
         super().__init__()
         self.model = model
+        self.register_buffer("class_weights", class_weights, persistent=False)
         self.optim = optim
         self.loss_weights = loss_weights
         self.strict_loading = False
@@ -161,7 +176,7 @@ class NewsImpactModule(pl.LightningModule):
         return self.model(batch["input_ids"], batch["attention_mask"], batch.get("entity_mask"))
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        losses = compute_losses(self(batch), batch, self.loss_weights)
+        losses = compute_losses(self(batch), batch, self.loss_weights, self.class_weights)
         size = batch["input_ids"].shape[0]
         self.log("train/loss", losses["loss"], prog_bar=True, batch_size=size)
         self.log_dict({f"train/loss_{k}": v for k, v in losses.items() if k != "loss"}, batch_size=size)
@@ -169,7 +184,7 @@ class NewsImpactModule(pl.LightningModule):
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         out = self(batch)
-        losses = compute_losses(out, batch, self.loss_weights)
+        losses = compute_losses(out, batch, self.loss_weights, self.class_weights)
         self.log("val/loss", losses["loss"], sync_dist=True, batch_size=batch["input_ids"].shape[0])
         self.val_metrics.update(out, batch)
 

@@ -7,6 +7,7 @@ A run directory holds ``checkpoints/`` (adapter + heads only; ``last.ckpt`` for 
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import hashlib
 import json
@@ -21,7 +22,10 @@ from typing import Any
 
 import hydra
 import pytorch_lightning as pl
+from lightning_fabric.loggers.logger import rank_zero_experiment
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 
 from training.config import TrainConfig, exit_on_config_error, load_config, validate_train_config
 from training.modeling import FORMAT_VERSION, LabelSchema, build_model, load_tokenizer, save_trainable
@@ -51,15 +55,35 @@ def git_revision() -> str | None:
         return None
 
 
-def build_loggers(config: TrainConfig, run_dir: Path) -> list[Any]:
-    from pytorch_lightning.loggers import CSVLogger
+class _AppendingWriter(ExperimentWriter):
+    """Keeps the rows of earlier attempts of a resumed run (Lightning's writer deletes metrics.csv)."""
 
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as fh:
+                self.metrics_keys = sorted(next(csv.reader(fh), []))
+
+
+class RunCSVLogger(CSVLogger):
+    """CSVLogger writing ``metrics.csv`` straight into the run directory, appending on resume."""
+
+    def __init__(self, run_dir: Path):
+        super().__init__(save_dir=str(run_dir), name="", version="")
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> Any:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
+def build_loggers(config: TrainConfig, run_dir: Path) -> list[Any]:
     loggers: list[Any] = []
     for name in config.loggers:
         if name == "csv":
-            # name="" and version="" put metrics.csv straight into the run directory; on resume the
-            # logger appends to it.
-            loggers.append(CSVLogger(save_dir=str(run_dir), name="", version=""))
+            loggers.append(RunCSVLogger(run_dir))
         elif name == "tensorboard":
             from pytorch_lightning.loggers import TensorBoardLogger
 
@@ -111,12 +135,15 @@ def run(config: TrainConfig, run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """Train from a validated config; returns the contents of ``run.json``."""
     run_path = Path(run_dir)
     run_path.mkdir(parents=True, exist_ok=True)
+    if not config.resume and (run_path / "metrics.csv").exists():
+        (run_path / "metrics.csv").unlink()  # a fresh run in an old folder starts a fresh log
     pl.seed_everything(config.seed, workers=True)
     schema = LabelSchema(list(config.schema.sentiment_labels), list(config.schema.topics))
     tokenizer = load_tokenizer(config.model.pretrained_model_name_or_path, config.model.trust_remote_code)
     datamodule = NewsDataModule(config.data, config.schema, tokenizer, config.model.max_length)
     model = build_model(config.model, config.peft, schema)
-    module = NewsImpactModule(model, config.optim, config.loss)
+    class_weights = datamodule.class_weights() if config.loss.sentiment_class_weights == "balanced" else None
+    module = NewsImpactModule(model, config.optim, config.loss, class_weights)
     trainer = build_trainer(config, run_path)
 
     info: dict[str, Any] = {

@@ -1,0 +1,126 @@
+"""The scorer as users run it: the CLI, torchrun with 2 CPU processes (gloo), a SIGKILL mid-job."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.conftest import REPO, write_jsonl
+
+pytestmark = pytest.mark.slow
+SENTENCES = [
+    "Acme Corp (NASDAQ: ACME) beats estimates and raises guidance",
+    "$GLBX shares plunge after a profit warning",
+    "Initech to report results next week",
+    "Markets rally as inflation cools; $ACME and $GLBX lead gains",
+]
+
+
+def _env():
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+def _corpus(path, n, prefix):
+    rows = [
+        {"id": f"{prefix}-{i}", "text": SENTENCES[i % 4] + (" More detail follows." * (i % 7))}
+        for i in range(n)
+    ]
+    return write_jsonl(path, rows)
+
+
+def _read(out):
+    return pd.concat([pd.read_parquet(p) for p in sorted(out.glob("part-*.parquet"))], ignore_index=True)
+
+
+def _cli(*args):
+    return [sys.executable, "-m", "inference.score", *args]
+
+
+def test_missing_model_dir_and_empty_glob_are_one_line_errors(tmp_path):
+    result = subprocess.run(
+        _cli(f"model_dir={tmp_path}/nope", f"input={tmp_path}/*.jsonl", f"output_dir={tmp_path}/o"),
+        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 2 and "model_dir" in lines[0] and "matches no file" in lines[1]
+    assert "Traceback" not in result.stderr
+
+
+def test_torchrun_two_processes_match_one_process(exported, tmp_path):
+    a = _corpus(tmp_path / "a.jsonl", 60, "a")
+    b = _corpus(tmp_path / "b.jsonl", 45, "b")
+    common = [
+        f"model_dir={exported['merged']}",
+        f"input=[{a},{b}]",
+        "inference.unit_rows=20",
+        "inference.progress=false",
+    ]
+    single = subprocess.run(
+        _cli(*common, f"output_dir={tmp_path}/one"),
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert single.returncode == 0, single.stderr[-2000:]
+    multi = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533", "-m", "inference.score",
+         *common, f"output_dir={tmp_path}/two"],
+        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert multi.returncode == 0, multi.stderr[-3000:]
+    one, two = _read(tmp_path / "one"), _read(tmp_path / "two")
+    assert len(two) == 105 and two["id"].is_unique and set(two["id"]) == set(one["id"])
+    merged = one.merge(two, on="id", suffixes=("_1", "_2"))
+    for col in ("sentiment_score", "impact"):
+        assert np.abs(merged[f"{col}_1"] - merged[f"{col}_2"]).max() < 1e-4
+    assert (merged["sentiment_1"] == merged["sentiment_2"]).all()
+    manifest = json.loads((tmp_path / "two" / "manifest.json").read_text())
+    assert manifest["this_run"]["processes"] == 2 and manifest["scored"] == 105
+    assert (tmp_path / "two" / "_SUCCESS").exists()
+
+
+def test_sigkill_mid_job_then_rerun_scores_every_row_once(exported, tmp_path):
+    src = _corpus(tmp_path / "big.jsonl", 3600, "k")
+    args = _cli(
+        f"model_dir={exported['merged']}",
+        f"input={src}",
+        "inference.unit_rows=300",
+        "inference.progress=false",
+    )
+    proc = subprocess.Popen([*args, f"output_dir={tmp_path}/killed"], cwd=REPO, env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    out = tmp_path / "killed"
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(out.glob("part-*.parquet"))) < 3:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    parts_at_kill = len(list(out.glob("part-*.parquet")))
+    assert 0 < parts_at_kill < 12 and not (out / "_SUCCESS").exists()
+    rerun = subprocess.run(
+        [*args, f"output_dir={out}"], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600
+    )
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    clean = subprocess.run(
+        [*args, f"output_dir={tmp_path}/clean"],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert clean.returncode == 0
+    got, ref = _read(out), _read(tmp_path / "clean")
+    assert len(got) == 3600 and got["id"].is_unique
+    merged = got.merge(ref, on="id")
+    assert np.abs(merged["impact_x"] - merged["impact_y"]).max() < 1e-5
+    assert not list(out.glob(".*tmp*")), "no temporary files may remain"

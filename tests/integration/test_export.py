@@ -1,0 +1,121 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from inference.engine import Article, Scorer
+from tests.conftest import REPO
+from training.config import ConfigError
+from training.export import ExportConfig, ExportOptions, run, validate_export_config
+
+
+def _articles(n=40):
+    rows = [json.loads(line) for line in (REPO / "data/sample/validation.jsonl").read_text().splitlines()]
+    return [Article(r["id"], r["text"]) for r in (rows * 3)[:n]]
+
+
+def _scores(model_dir, articles):
+    records = Scorer(str(model_dir), max_chunks=4).score(articles)
+    return (
+        np.array([r["sentiment_score"] for r in records]),
+        np.array([r["impact"] for r in records]),
+        np.array([r["sentiment_probs"] for r in records]),
+    )
+
+
+def test_formats_score_the_same(exported):
+    articles = _articles()
+    merged = _scores(exported["merged"], articles)
+    adapter = _scores(exported["adapter"], articles)
+    onnx = _scores(exported["onnx"], articles)
+    for a, b in zip(merged, adapter):
+        assert np.abs(a - b).max() < 1e-4
+    for a, b in zip(merged, onnx):
+        assert np.abs(a - b).max() < 1e-3
+
+
+def test_merged_backbone_loads_with_plain_automodel(exported):
+    from transformers import AutoModel
+
+    backbone = AutoModel.from_pretrained(exported["merged"])
+    assert backbone.config.hidden_size == 32
+    meta = json.loads((exported["merged"] / "newsimpact.json").read_text())
+    assert meta["format"] == "merged" and meta["schema"]["sentiment_labels"][2] == "neutral"
+    assert "Intended use" in (exported["merged"] / "README.md").read_text()
+
+
+def test_adapter_export_is_small_and_references_its_base(exported):
+    size = sum(f.stat().st_size for f in exported["adapter"].rglob("*") if f.is_file())
+    assert size < 5_000_000
+    assert not (exported["adapter"] / "model.safetensors").exists()
+    meta = json.loads((exported["adapter"] / "newsimpact.json").read_text())
+    assert meta["format"] == "adapter" and meta["base_model"]
+
+
+def test_bf16_export_halves_the_weights(trained_run, exported, tmp_path):
+    out = run(
+        ExportConfig(
+            run_dir=str(trained_run), output_dir=str(tmp_path / "bf16"), export=ExportOptions(dtype="bf16")
+        )
+    )
+    assert (out / "model.safetensors").stat().st_size < 0.6 * (
+        exported["merged"] / "model.safetensors"
+    ).stat().st_size
+    a, b = _scores(exported["merged"], _articles(8)), _scores(out, _articles(8))
+    assert np.abs(a[0] - b[0]).max() < 0.05  # bf16 weights: close, not identical
+
+
+def test_int8_onnx_is_written_and_close(trained_run, tmp_path):
+    pytest.importorskip("onnxruntime")
+    out = run(
+        ExportConfig(
+            run_dir=str(trained_run),
+            output_dir=str(tmp_path / "q"),
+            export=ExportOptions(format="onnx", quantize="int8"),
+        )
+    )
+    assert (out / "model.int8.onnx").exists()
+
+
+def test_export_config_errors_name_the_key(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        validate_export_config(
+            ExportConfig(
+                run_dir=str(tmp_path),
+                output_dir=str(tmp_path / "o"),
+                export=ExportOptions(format="zip", dtype="int4"),
+            )
+        )
+    text = str(err.value)
+    assert "run_dir" in text and "export.format" in text and "export.dtype" in text
+
+
+def test_evaluate_writes_metrics_and_plots(exported, tmp_path):
+    from tests.conftest import compose_train
+    from training.evaluate import EvaluateConfig
+    from training.evaluate import run as evaluate
+
+    data = compose_train([]).data
+    config = EvaluateConfig(
+        model_dir=str(exported["merged"]), split="validation", output_dir=str(tmp_path / "ev"), data=data
+    )
+    metrics = evaluate(config)
+    saved = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert 0 < saved["sentiment"]["n"] <= metrics["meta"]["rows"]  # mixed headlines carry no headline label
+    # The same numbers as the Lightning module's validation metrics on the same data.
+    assert saved["sentiment"]["accuracy"] == pytest.approx(saved["training_style"]["sentiment_acc"], abs=1e-6)
+    assert saved["sentiment"]["f1_macro"] == pytest.approx(
+        saved["training_style"]["sentiment_f1_macro"], abs=1e-6
+    )
+    assert {"precision", "recall", "f1", "support"} <= set(
+        next(iter(saved["sentiment"]["per_class"].values()))
+    )
+    for png in (
+        "confusion_matrix.png",
+        "reliability.png",
+        "scatter_impact.png",
+        "scatter_sentiment_score.png",
+    ):
+        assert (tmp_path / "ev" / png).stat().st_size > 1000
+    assert pd.Series(saved["plots"]).str.endswith(".png").all()

@@ -1,0 +1,171 @@
+import gzip
+import json
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from inference.score import InferenceOptions, ScoreConfig, run, validate_score_config
+from tests.conftest import write_jsonl
+from training.config import ConfigError
+
+
+def _score(model_dir, inputs, out, **options):
+    config = ScoreConfig(
+        model_dir=str(model_dir),
+        input=inputs,
+        output_dir=str(out),
+        inference=InferenceOptions(progress=False, **options),
+    )
+    return run(config, validate_score_config(config))
+
+
+def _read(out):
+    return pd.concat([pd.read_parquet(p) for p in sorted(out.glob("part-*.parquet"))], ignore_index=True)
+
+
+def _errors(out):
+    return [
+        json.loads(line) for p in sorted(out.glob("errors-*.jsonl")) for line in p.read_text().splitlines()
+    ]
+
+
+def test_bad_rows_go_to_errors_and_the_job_goes_on(exported, tmp_path):
+    long_text = "Acme (NYSE: ACME) results beat estimates. " * 50_000  # ~2 MB
+    lines = [
+        json.dumps({"id": "ok-1", "text": "$ACME beats estimates"}).encode(),
+        b'{"id": "bad-json", "text": "unterminated',
+        json.dumps({"id": "no-text"}).encode(),
+        json.dumps({"id": "null-text", "text": None}).encode(),
+        json.dumps({"id": "blank", "text": "   "}).encode(),
+        json.dumps({"id": "number", "text": 42}).encode(),
+        b'{"id": "latin1", "text": "caf\xe9"}',
+        b'["not", "an", "object"]',
+        json.dumps({"id": "long", "text": long_text}).encode(),
+        json.dumps(
+            {"id": "unicode", "text": "Übernahme: Siemens steigt um 5 % — 株価上昇"}, ensure_ascii=False
+        ).encode(),
+        b"",
+    ]
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(b"\n".join(lines))
+    manifest = _score(exported["merged"], str(path), tmp_path / "out", max_chunks=8)
+    errors = _errors(tmp_path / "out")
+    assert len(errors) == 7
+    reasons = " | ".join(e["reason"] for e in errors)
+    for needle in (
+        "malformed JSON",
+        "missing 'text'",
+        "null",
+        "blank",
+        "int, not a string",
+        "UTF-8",
+        "not an object",
+    ):
+        assert needle in reasons
+    assert all(e["file"].endswith("mixed.jsonl") and isinstance(e["row"], int) for e in errors)
+    scored = _read(tmp_path / "out")
+    assert sorted(scored["id"]) == ["long", "ok-1", "unicode"]
+    assert scored.set_index("id").loc["long", "n_chunks"] == 8
+    assert manifest["rows"] == manifest["scored"] + manifest["errors"] == 10
+    assert (tmp_path / "out" / "_SUCCESS").exists()
+
+
+def test_output_schema_tickers_and_kept_columns(exported, tmp_path):
+    rows = [
+        {"id": 1, "text": "Acme Corp (NASDAQ: ACME) beats; $GLBX falls", "source": "wire"},
+        {"id": 2, "text": "Initech wins a contract", "tickers": ["INIT", "ZZZZ"], "source": "blog"},
+        {"id": 3, "text": "Markets were quiet", "source": "wire"},
+    ]
+    write_jsonl(tmp_path / "a.jsonl", rows)
+    _score(
+        exported["merged"],
+        str(tmp_path / "a.jsonl"),
+        tmp_path / "out",
+        keep_columns=["source"],
+        ticker_map={"Initech": "INIT"},
+    )
+    df = _read(tmp_path / "out").set_index("id")
+    assert list(df.columns[:8]) == [
+        "sentiment",
+        "sentiment_probs",
+        "sentiment_score",
+        "impact",
+        "topics",
+        "topic_scores",
+        "tickers",
+        "n_chunks",
+    ]
+    assert df.loc["1", "source"] == "wire"
+    assert [t["ticker"] for t in df.loc["1", "tickers"]] == ["ACME", "GLBX"]
+    assert all(-1 <= t["sentiment_score"] <= 1 for t in df.loc["1", "tickers"])
+    # Tickers from the input column: INIT is found through the name map, ZZZZ is not in the text.
+    by_ticker = {t["ticker"]: t["sentiment_score"] for t in df.loc["2", "tickers"]}
+    assert by_ticker["INIT"] is not None and by_ticker["ZZZZ"] is None
+    assert len(df.loc["3", "tickers"]) == 0
+    probs = df["sentiment_probs"].map(sum)
+    assert (probs.sub(1).abs() < 1e-4).all()
+    assert df["impact"].between(0, 1).all() and df["sentiment_score"].between(-1, 1).all()
+
+
+def test_rerun_skips_finished_units_and_refuses_another_model(exported, tmp_path):
+    rows = [{"id": f"r{i}", "text": f"Acme news item number {i}"} for i in range(25)]
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out"
+    first = _score(exported["merged"], str(src), out, unit_rows=10)
+    assert first["units"] == {"total": 3, "done": 3, "this_run": 3}
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
+    (out / "part-00000-00001.parquet").unlink()
+    (out / "_SUCCESS").unlink()
+    second = _score(exported["merged"], str(src), out, unit_rows=10)
+    assert second["units"]["this_run"] == 1 and second["scored"] == 25 and (out / "_SUCCESS").exists()
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("part-00000-0000[02].parquet")} == {
+        k: v for k, v in before.items() if k != "part-00000-00001.parquet"
+    }
+    assert sorted(_read(out)["id"]) == sorted(r["id"] for r in rows)
+    with pytest.raises(ConfigError, match="another job"):
+        _score(exported["adapter"], str(src), out, unit_rows=10)
+    third = _score(exported["adapter"], str(src), out, unit_rows=10, overwrite=True)
+    assert third["scored"] == 25
+
+
+def test_reads_gz_csv_and_parquet_alike(exported, tmp_path):
+    rows = [{"id": f"x{i}", "text": f"$ACME item {i} beats"} for i in range(12)]
+    with gzip.open(tmp_path / "a.jsonl.gz", "wt") as fh:
+        fh.write("\n".join(json.dumps(r) for r in rows[:4]))
+    pd.DataFrame(rows[4:8]).to_csv(tmp_path / "b.csv", index=False)
+    pd.DataFrame(rows[8:]).to_parquet(tmp_path / "c.parquet")
+    manifest = _score(exported["merged"], str(tmp_path / "*"), tmp_path / "out", unit_rows=3)
+    assert manifest["scored"] == 12 and manifest["errors"] == 0
+    assert sorted(_read(tmp_path / "out")["id"]) == sorted(r["id"] for r in rows)
+    assert pq.read_schema(next((tmp_path / "out").glob("part-*.parquet"))).field("id").type == "string"
+
+
+def test_max_error_rate_fails_the_job(exported, tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "text": "ok"}, {"id": "b"}, {"id": "c"}])
+    with pytest.raises(RuntimeError, match="max_error_rate"):
+        _score(exported["merged"], str(src), tmp_path / "out", max_error_rate=0.5)
+    assert not (tmp_path / "out" / "_SUCCESS").exists()
+
+
+def test_config_errors_before_any_work(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        validate_score_config(
+            ScoreConfig(
+                model_dir=str(tmp_path / "nope"),
+                input=str(tmp_path / "*.jsonl"),
+                output_dir=str(tmp_path / "o"),
+            )
+        )
+    assert "model_dir" in str(err.value) and "matches no file" in str(err.value)
+    assert not (tmp_path / "o").exists()
+
+
+def test_bf16_on_cpu_is_close_to_fp32(exported, tmp_path):
+    src = write_jsonl(
+        tmp_path / "in.jsonl", [{"id": str(i), "text": f"$ACME beats estimates {i}"} for i in range(8)]
+    )
+    _score(exported["merged"], str(src), tmp_path / "fp32")
+    _score(exported["merged"], str(src), tmp_path / "bf16", precision="bf16")
+    a, b = _read(tmp_path / "fp32"), _read(tmp_path / "bf16")
+    assert (a["impact"] - b["impact"]).abs().max() < 0.05
