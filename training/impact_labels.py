@@ -1,0 +1,418 @@
+"""Market-impact training labels from a news archive and daily prices.
+
+``python -m training.impact_labels news=FILE prices=FILE output=FILE [overrides]``
+
+For every (article, ticker) row:
+
+1. **Event session**: the first session of the ticker's price calendar that could react. A timestamp
+   with a time is converted to the exchange time zone; an article at or after the close, or on a day
+   without a session (weekend, holiday), moves to the next session. A date-only timestamp reacts on the
+   same day's session (``date_only_session=same``) or, as StockNet labels it, on the next one (``next``).
+2. **Abnormal return** over ``window: [a, b]`` sessions relative to the event session ``e``: the return
+   from the close of session ``e+a-1`` to the close of ``e+b`` (``[0, 0]`` = the event session's
+   close-to-close move), minus the benchmark's return over the same sessions: an index file if given,
+   else the equal-weighted mean of every ticker's daily return (optionally without the stock itself);
+   with ``beta_window`` the benchmark return is scaled by a market-model beta estimated on that
+   pre-event window.
+3. **Impact** in [0, 1]: the rank of |abnormal return| within a reference set (this data, or a saved
+   calibration applied to new data), saved as a small quantile table. ``sentiment_score=signed`` also
+   writes sign(abnormal return) x impact as a sentiment-score target.
+
+Rows that cannot be labelled (unknown ticker, bad timestamp, no prices in the window, no text) go to the
+errors file with the reason; labelled + errors = rows read. The output parquet is in the canonical
+training schema (text, sentiment, sentiment_score, impact, topics, entities) plus the computed columns,
+so it is usable directly as a data source (``columns: {text: text, impact: impact, entities: entities}``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import hydra
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig
+
+from training.config import ConfigError, exit_on_config_error, load_config
+
+log = logging.getLogger("newsimpact.impact_labels")
+
+
+@dataclass
+class NewsColumns:
+    text: str = "text"
+    ticker: str | None = "ticker"  # a symbol or a list of symbols per row; null: use default_ticker
+    timestamp: str = "date"
+    id: str | None = None
+
+
+@dataclass
+class PriceColumns:
+    ticker: str = "ticker"
+    date: str = "date"
+    price: str = "adj_close"
+
+
+@dataclass
+class ImpactLabelsConfig:
+    news: str = "???"
+    prices: Any = "???"  # a long file (ticker, date, price) or a map {TICKER: single-ticker file}
+    output: str = "???"
+    benchmark: str = "equal_weighted"  # equal_weighted (all tickers) | none (raw returns) | an index file
+    columns: NewsColumns = field(default_factory=NewsColumns)
+    price_columns: PriceColumns = field(default_factory=PriceColumns)
+    benchmark_price_column: str = "close"
+    default_ticker: str | None = None
+    timezone: str = "America/New_York"  # exchange time zone
+    naive_timezone: str | None = None  # zone of timestamps without one; null: the exchange zone
+    market_close: str = "16:00"
+    date_only_session: str = "same"  # same | next
+    window: list[int] = field(default_factory=lambda: [0, 1])
+    beta_window: list[int] | None = None  # e.g. [-250, -20] sessions before the event
+    exclude_self: bool = False
+    calibration: str | None = None  # apply a saved calibration instead of building one from this data
+    quantiles: int = 1001
+    sentiment_score: str | None = None  # signed: sign(abnormal return) * impact
+    errors: str | None = None  # default: <output stem>.errors.jsonl
+    calibration_output: str | None = None  # default: <output stem>.calibration.json
+
+
+def validate(config: ImpactLabelsConfig) -> None:
+    problems = []
+    if not Path(config.news).is_file():
+        problems.append(f"news='{config.news}' is not a file")
+    price_files = config.prices.values() if isinstance(config.prices, dict) else [config.prices]
+    for path in price_files:
+        if not Path(str(path)).is_file():
+            problems.append(f"prices: '{path}' is not a file")
+    if config.benchmark not in ("equal_weighted", "none") and not Path(config.benchmark).is_file():
+        problems.append(f"benchmark='{config.benchmark}' must be equal_weighted, none or an index price file")
+    if config.calibration and not Path(config.calibration).is_file():
+        problems.append(f"calibration='{config.calibration}' is not a file")
+    if config.date_only_session not in ("same", "next"):
+        problems.append(f"date_only_session='{config.date_only_session}' must be same or next")
+    if len(config.window) != 2 or config.window[0] > config.window[1]:
+        problems.append(
+            f"window={config.window} must be [a, b] with a <= b (sessions from the event session)"
+        )
+    if config.beta_window is not None and (
+        len(config.beta_window) != 2 or config.beta_window[1] >= min(config.window[0], 0)
+    ):
+        problems.append(f"beta_window={config.beta_window} must be [a, b] sessions before the event window")
+    if config.sentiment_score not in (None, "signed"):
+        problems.append(f"sentiment_score='{config.sentiment_score}' must be signed or null")
+    if config.columns.ticker is None and not config.default_ticker:
+        problems.append("columns.ticker is null: set default_ticker (the symbol every row is about)")
+    try:
+        pd.Timestamp("2020-01-01").tz_localize(config.timezone)
+    except Exception:  # noqa: BLE001 - any zone error means the same fix
+        problems.append(f"timezone='{config.timezone}' is not a known time zone (e.g. America/New_York)")
+    if problems:
+        raise ConfigError(problems)
+
+
+def _read_table(path: str) -> pd.DataFrame:
+    suffix = Path(path).suffix.lower()
+    if suffix == ".parquet":
+        return pd.read_parquet(path)
+    if suffix in (".jsonl", ".json"):
+        return pd.read_json(path, lines=True, convert_dates=False, dtype=False)
+    return pd.read_csv(path, encoding="utf-8-sig")
+
+
+@dataclass
+class Calendar:
+    """One ticker's sessions (sorted dates) and prices."""
+
+    dates: np.ndarray  # datetime64[D]
+    prices: np.ndarray
+
+    def returns(self) -> np.ndarray:
+        return self.prices[1:] / self.prices[:-1] - 1.0
+
+
+def load_prices(config: ImpactLabelsConfig) -> dict[str, Calendar]:
+    cols = config.price_columns
+    if isinstance(config.prices, dict):
+        frames = []
+        for ticker, path in config.prices.items():
+            df = _read_table(str(path))
+            df[cols.ticker] = ticker
+            frames.append(df)
+        prices = pd.concat(frames, ignore_index=True)
+    else:
+        prices = _read_table(str(config.prices))
+    missing = [c for c in (cols.ticker, cols.date, cols.price) if c not in prices.columns]
+    if missing:
+        raise ConfigError(
+            [f"price_columns: {missing} not in the price data (columns: {list(prices.columns)})"]
+        )
+    prices = prices[[cols.ticker, cols.date, cols.price]].dropna()
+    prices["_d"] = pd.to_datetime(prices[cols.date]).dt.normalize().values.astype("datetime64[D]")
+    calendars = {}
+    for ticker, group in prices.sort_values("_d").groupby(cols.ticker, sort=False):
+        group = group.drop_duplicates("_d", keep="last")
+        calendars[str(ticker)] = Calendar(
+            group["_d"].to_numpy().astype("datetime64[D]"), group[cols.price].to_numpy(dtype=float)
+        )
+    return calendars
+
+
+class Benchmark:
+    """Daily benchmark returns: an index series, or the equal-weighted mean of every ticker's return."""
+
+    def __init__(self, config: ImpactLabelsConfig, calendars: dict[str, Calendar]):
+        self.exclude_self = config.exclude_self
+        self.own: dict[str, pd.Series] = {}
+        self.count: pd.Series | None = None
+        if config.benchmark == "none":
+            self.daily = None
+            self.description = "none (raw returns)"
+            return
+        if config.benchmark == "equal_weighted" and len(calendars) < 2:
+            raise ConfigError(
+                [
+                    "benchmark=equal_weighted needs prices of several tickers (with one, every abnormal return is 0); "
+                    "give an index file as benchmark=... or benchmark=none for raw returns"
+                ]
+            )
+        if config.benchmark != "equal_weighted":
+            df = _read_table(config.benchmark)
+            dates = pd.to_datetime(df[config.price_columns.date]).dt.normalize()
+            series = pd.Series(
+                df[config.benchmark_price_column].to_numpy(dtype=float), index=dates
+            ).sort_index()
+            self.daily = series.pct_change().dropna()
+            self.description = f"index {config.benchmark}"
+            return
+        frames = []
+        for ticker, cal in calendars.items():
+            s = pd.Series(cal.returns(), index=pd.to_datetime(cal.dates[1:]))
+            self.own[ticker] = s
+            frames.append(s.rename(ticker))
+        wide = pd.concat(frames, axis=1)
+        self.sum = wide.sum(axis=1, min_count=1)
+        self.count = wide.count(axis=1)
+        self.daily = self.sum / self.count
+        self.description = f"equal-weighted mean of {len(calendars)} tickers" + (
+            " (excluding the stock)" if self.exclude_self else ""
+        )
+
+    def daily_for(self, ticker: str, dates: np.ndarray) -> np.ndarray:
+        """Benchmark return on each of ``dates`` (the ticker's sessions); NaN where there is none."""
+        if self.daily is None:
+            return np.zeros(len(dates))
+        idx = pd.to_datetime(dates)
+        if self.exclude_self and self.count is not None and ticker in self.own:
+            own = self.own[ticker].reindex(idx).to_numpy()
+            total = self.sum.reindex(idx).to_numpy()
+            count = self.count.reindex(idx).to_numpy()
+            return (total - np.nan_to_num(own)) / (count - ~np.isnan(own))
+        return self.daily.reindex(idx).to_numpy()
+
+
+def event_session(value: Any, cal: Calendar, config: ImpactLabelsConfig) -> int | str:
+    """Index of the event session in the ticker's calendar, or the reason there is none."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "missing timestamp"
+    try:
+        ts = pd.Timestamp(value)
+    except (ValueError, TypeError):
+        return f"bad timestamp '{value}'"
+    if ts is pd.NaT:
+        return f"bad timestamp '{value}'"
+    # "2014-01-02" or "JAN 17, 2024" (no time of day) vs "2014-01-02 15:30" or a tz-aware timestamp.
+    date_only = ":" not in value if isinstance(value, str) else ts.tzinfo is None and ts == ts.normalize()
+    if date_only:
+        day = np.datetime64(ts.date(), "D")
+        side: Literal["left", "right"] = "left" if config.date_only_session == "same" else "right"
+    else:
+        if ts.tzinfo is None:
+            ts = ts.tz_localize(config.naive_timezone or config.timezone)
+        local = ts.tz_convert(config.timezone)
+        day = np.datetime64(local.date(), "D")
+        close_h, close_m = (int(x) for x in config.market_close.split(":"))
+        after_close = (local.hour, local.minute) >= (close_h, close_m)
+        side = "right" if after_close else "left"
+    idx = int(np.searchsorted(cal.dates, day, side=side))
+    if idx >= len(cal.dates):
+        return f"no prices on or after {day} (prices end {cal.dates[-1]})"
+    return idx
+
+
+def label_row(
+    ticker: str, session: int, cal: Calendar, bench: Benchmark, config: ImpactLabelsConfig
+) -> dict[str, Any] | str:
+    a, b = config.window
+    start, end = session + a - 1, session + b
+    if start < 0 or end >= len(cal.dates):
+        return f"no prices in the window {config.window} around session {cal.dates[session]}"
+    ret = cal.prices[end] / cal.prices[start] - 1.0
+    window_dates = cal.dates[start + 1 : end + 1]
+    bench_daily = bench.daily_for(ticker, window_dates)
+    if np.isnan(bench_daily).any():
+        return f"no benchmark return on {window_dates[np.isnan(bench_daily)][0]}"
+    bench_ret = float(np.prod(1.0 + bench_daily) - 1.0)
+    beta = 1.0
+    if config.beta_window is not None:
+        lo, hi = session + config.beta_window[0], session + config.beta_window[1]
+        if lo < 1:
+            return f"not enough price history for beta_window {config.beta_window}"
+        stock = cal.prices[lo : hi + 1] / cal.prices[lo - 1 : hi] - 1.0
+        market = bench.daily_for(ticker, cal.dates[lo : hi + 1])
+        ok = ~np.isnan(market)
+        if ok.sum() < 10 or np.var(market[ok]) == 0:
+            return f"fewer than 10 benchmark returns in beta_window {config.beta_window}"
+        beta = float(np.cov(stock[ok], market[ok])[0, 1] / np.var(market[ok], ddof=1))
+    return {
+        "ticker": ticker,
+        "event_session": str(cal.dates[session]),
+        "return": float(ret),
+        "benchmark_return": bench_ret,
+        "beta": beta,
+        "abnormal_return": float(ret - beta * bench_ret),
+    }
+
+
+def build_calibration(abs_ar: np.ndarray, quantiles: int) -> dict[str, Any]:
+    levels = np.linspace(0.0, 1.0, quantiles)
+    return {
+        "levels": levels.tolist(),
+        "abs_abnormal_return": np.quantile(abs_ar, levels).tolist(),
+        "n": int(len(abs_ar)),
+    }
+
+
+def apply_calibration(abs_ar: np.ndarray, calibration: dict[str, Any]) -> np.ndarray:
+    """Impact = the reference rank (empirical CDF) of |abnormal return|, interpolated between quantiles."""
+    xs = np.asarray(calibration["abs_abnormal_return"])
+    ys = np.asarray(calibration["levels"])
+    # Ties in the table (many zero returns) would make interp pick the lowest level; average them instead.
+    uniq, inverse = np.unique(xs, return_inverse=True)
+    mean_levels = np.bincount(inverse, weights=ys) / np.bincount(inverse)
+    return np.clip(np.interp(abs_ar, uniq, mean_levels), 0.0, 1.0)
+
+
+def run(config: ImpactLabelsConfig) -> dict[str, Any]:
+    news = _read_table(config.news)
+    cols = config.columns
+    needed = [c for c in (cols.text, cols.timestamp, cols.ticker, cols.id) if c]
+    missing = [c for c in needed if c not in news.columns]
+    if missing:
+        raise ConfigError([f"columns: {missing} not in {config.news} (columns: {list(news.columns)})"])
+    calendars = load_prices(config)
+    bench = Benchmark(config, calendars)
+    rows, errors = [], []
+    for number, record in enumerate(news.to_dict("records")):
+        raw = record[cols.ticker] if cols.ticker else config.default_ticker
+        tickers = list(raw) if isinstance(raw, list | np.ndarray) else [raw]
+        text = record.get(cols.text)
+        for ticker in tickers:
+            reason = None
+            if not isinstance(text, str) or not text.strip():
+                reason = "missing or blank text"
+            elif ticker is None or (isinstance(ticker, float) and math.isnan(ticker)):
+                reason = "missing ticker"
+            elif str(ticker) not in calendars:
+                reason = f"unknown ticker '{ticker}' (not in the price data)"
+            if reason is None:
+                cal = calendars[str(ticker)]
+                session = event_session(record[cols.timestamp], cal, config)
+                result = (
+                    session
+                    if isinstance(session, str)
+                    else label_row(str(ticker), session, cal, bench, config)
+                )
+                if isinstance(result, str):
+                    reason = result
+            if reason is not None:
+                errors.append(
+                    {
+                        "row": number,
+                        "ticker": None if ticker is None else str(ticker),
+                        "reason": reason,
+                        "record": {k: str(v)[:300] for k, v in record.items()},
+                    }
+                )
+                continue
+            assert isinstance(result, dict)
+            result.update(text=text, timestamp=str(record[cols.timestamp]), row=number)
+            if cols.id:
+                result["id"] = record[cols.id]
+            rows.append(result)
+    out = pd.DataFrame(rows)
+    abs_ar = out["abnormal_return"].abs().to_numpy() if len(out) else np.array([])
+    if config.calibration:
+        calibration = json.loads(Path(config.calibration).read_text())
+    else:
+        if not len(abs_ar):
+            raise ConfigError(
+                ["no row could be labelled, so no calibration can be built; see the errors file"]
+            )
+        calibration = build_calibration(abs_ar, config.quantiles)
+        calibration.update(window=config.window, benchmark=bench.description, beta_window=config.beta_window)
+    if len(out):
+        out["impact"] = apply_calibration(abs_ar, calibration)
+        signed = np.sign(out["abnormal_return"]) * out["impact"]
+        out["sentiment_score"] = signed if config.sentiment_score == "signed" else np.nan
+        out["sentiment"] = None
+        out["topics"] = None
+        out["entities"] = [
+            [
+                {
+                    "ticker": t,
+                    "sentiment_score": (float(s) if config.sentiment_score == "signed" else None),
+                    "aliases": [],
+                }
+            ]
+            for t, s in zip(out["ticker"], signed)
+        ]
+    output = Path(config.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    out.to_parquet(output, index=False)
+    errors_path = Path(config.errors or output.with_suffix(".errors.jsonl"))
+    errors_path.write_text("".join(json.dumps(e, default=str) + "\n" for e in errors))
+    calib_path = Path(config.calibration_output or output.with_suffix(".calibration.json"))
+    if not config.calibration:
+        calib_path.write_text(json.dumps(calibration))
+    summary = {
+        "rows_read": len(out) + len(errors),
+        "labelled": len(out),
+        "errors": len(errors),
+        "output": str(output),
+        "errors_file": str(errors_path),
+        "calibration": str(config.calibration or calib_path),
+        "config": asdict(config),
+    }
+    by_reason = (
+        pd.Series([str(e["reason"]).split(" (")[0].split(" '")[0] for e in errors]).value_counts().to_dict()
+        if errors
+        else {}
+    )
+    print(
+        f"newsimpact: labelled {summary['labelled']:,} of {summary['rows_read']:,} (article, ticker) rows; {summary['errors']:,} errors -> {errors_path}"
+    )
+    for reason, n in by_reason.items():
+        print(f"  {n:>7,}  {reason}")
+    print(f"  output: {output}   calibration: {summary['calibration']}")
+    return summary
+
+
+@hydra.main(config_path="../configs", config_name="impact_labels", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    def _load() -> ImpactLabelsConfig:
+        config = load_config(cfg, ImpactLabelsConfig)
+        validate(config)
+        return config
+
+    config = exit_on_config_error(_load)
+    exit_on_config_error(lambda: run(config))
+
+
+if __name__ == "__main__":
+    main()
