@@ -111,6 +111,8 @@ class SourceConfig:
     topic_map: dict[str, str] = field(default_factory=dict)
     weight: float = 1.0
     max_samples: int | None = None
+    # A return column whose |value| becomes impact in [0, 1] by its rank among this source's training rows.
+    impact_from_return: str | None = None
 
 
 @dataclass

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from training.config import DataConfig, SchemaConfig, SourceConfig, SplitConfig, source_split_files
+from training.impact_labels import apply_calibration, build_calibration
 from training.tickers import find_mentions, spans_to_tokens
 
 IGNORE_INDEX = -100
@@ -92,9 +93,17 @@ def _is_missing(value: Any) -> bool:
 class _Canonicalizer:
     """Maps one batch of a source onto the canonical columns. A class so ``datasets`` can fingerprint it."""
 
-    def __init__(self, name: str, source: SourceConfig, schema: SchemaConfig):
+    def __init__(
+        self,
+        name: str,
+        source: SourceConfig,
+        schema: SchemaConfig,
+        impact_calibration: dict[str, Any] | None = None,
+    ):
         self.name = name
         self.columns = dict(source.columns)
+        self.impact_from_return = source.impact_from_return
+        self.impact_calibration = impact_calibration
         self.label_map = {str(k): v for k, v in source.label_map.items()}
         self.topic_map = {str(k): v for k, v in source.topic_map.items()}
         self.scale = list(schema.sentiment_labels)
@@ -163,6 +172,13 @@ class _Canonicalizer:
             for key in ("sentiment_score", "impact"):
                 value = batch[cols[key]][i] if key in cols else None
                 out[key].append(float("nan") if value is None or _is_missing(value) else float(value))
+            if self.impact_calibration is not None:
+                ret = batch[self.impact_from_return][i]
+                out["impact"][-1] = (
+                    float("nan")
+                    if _is_missing(ret)
+                    else float(apply_calibration(np.array([abs(ret)]), self.impact_calibration)[0])
+                )
             topics = self._topics(batch[cols["topics"]][i]) if "topics" in cols else None
             out["topics"].append(topics or [])
             out["has_topics"].append(topics is not None)
@@ -171,8 +187,27 @@ class _Canonicalizer:
         return out
 
 
+def impact_calibration(source: SourceConfig) -> dict[str, Any] | None:
+    """Rank table of |return| over the source's training rows, for ``impact_from_return`` sources."""
+    if not source.impact_from_return:
+        return None
+    train = load_split(source, source.splits["train"])
+    if source.impact_from_return not in train.column_names:
+        raise ValueError(
+            f"impact_from_return: column '{source.impact_from_return}' is not in the training split"
+        )
+    values = np.abs(
+        np.array([v for v in train[source.impact_from_return] if not _is_missing(v)], dtype=float)
+    )
+    return build_calibration(values, 1001)
+
+
 def to_canonical(
-    ds: datasets.Dataset, name: str, source: SourceConfig, schema: SchemaConfig
+    ds: datasets.Dataset,
+    name: str,
+    source: SourceConfig,
+    schema: SchemaConfig,
+    calibration: dict[str, Any] | None = None,
 ) -> datasets.Dataset:
     """Map a raw source split onto the canonical schema; rows without text are dropped."""
     missing = [col for col in source.columns.values() if col not in ds.column_names]
@@ -181,7 +216,7 @@ def to_canonical(
             f"data.sources.{name}.columns names {missing}, which are not in the data (columns: {ds.column_names})"
         )
     mapped = ds.map(
-        _Canonicalizer(name, source, schema),
+        _Canonicalizer(name, source, schema, calibration),
         batched=True,
         remove_columns=ds.column_names,
         features=CANONICAL_FEATURES,
@@ -275,10 +310,11 @@ def build_splits(
     """
     per_split: dict[str, list[datasets.Dataset]] = {}
     for name, source in data.sources.items():
+        calibration = impact_calibration(source)
         for split_name, split in source.splits.items():
             if only is not None and split_name not in only:
                 continue
-            ds = to_canonical(load_split(source, split), name, source, schema)
+            ds = to_canonical(load_split(source, split), name, source, schema, calibration)
             if source.max_samples is not None and len(ds) > source.max_samples:
                 ds = ds.shuffle(seed=data.seed).select(range(source.max_samples))
             ds = encode(ds, tokenizer, schema, max_length)

@@ -295,7 +295,10 @@ def apply_calibration(abs_ar: np.ndarray, calibration: dict[str, Any]) -> np.nda
     # Ties in the table (many zero returns) would make interp pick the lowest level; average them instead.
     uniq, inverse = np.unique(xs, return_inverse=True)
     mean_levels = np.bincount(inverse, weights=ys) / np.bincount(inverse)
-    return np.clip(np.interp(abs_ar, uniq, mean_levels), 0.0, 1.0)
+    impact = np.interp(abs_ar, uniq, mean_levels)
+    # Beyond the reference range the rank is the extreme one, whatever the ties at the ends.
+    impact = np.where(abs_ar > uniq[-1], 1.0, np.where(abs_ar < uniq[0], 0.0, impact))
+    return np.clip(impact, 0.0, 1.0)
 
 
 def run(config: ImpactLabelsConfig) -> dict[str, Any]:

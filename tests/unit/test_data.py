@@ -143,3 +143,26 @@ def test_load_split_where_filter(tmp_path):
     assert ds["text"] == ["0", "2", "4"]
     with pytest.raises(ValueError, match="nothere"):
         load_split(source, SplitConfig(path="d.jsonl", where={"nothere": 1}))
+
+
+def test_impact_from_return_ranks_against_the_training_rows(tmp_path):
+    import pandas as pd
+
+    from training.data import impact_calibration
+
+    pd.DataFrame(
+        {"text": [f"t{i}" for i in range(11)], "ret": [i / 100 - 0.05 for i in range(11)]}
+    ).to_parquet(tmp_path / "train.parquet")
+    pd.DataFrame({"text": ["big", "none", "small"], "ret": [0.5, 0.0, -0.01]}).to_parquet(
+        tmp_path / "val.parquet"
+    )
+    source = SourceConfig(
+        root=str(tmp_path), splits={"train": SplitConfig("train.parquet"), "validation": SplitConfig("val.parquet")},
+        impact_from_return="ret",
+    )  # fmt: skip
+    schema = SchemaConfig(sentiment_labels=SCALE, topics=[])
+    out = to_canonical(
+        load_split(source, source.splits["validation"]), "s", source, schema, impact_calibration(source)
+    )
+    big, none, small = out["impact"]
+    assert big == 1.0 and none < small < big and none <= 0.1
