@@ -172,7 +172,7 @@ class _Canonicalizer:
             for key in ("sentiment_score", "impact"):
                 value = batch[cols[key]][i] if key in cols else None
                 out[key].append(float("nan") if value is None or _is_missing(value) else float(value))
-            if self.impact_calibration is not None:
+            if self.impact_calibration is not None and self.impact_from_return:
                 ret = batch[self.impact_from_return][i]
                 out["impact"][-1] = (
                     float("nan")
