@@ -68,6 +68,10 @@ class Runner:
             self.n_labels = len(read_meta(model_dir)["schema"]["sentiment_labels"])
             return
         model = load_trained(model_dir)
+        if precision != "fp32":
+            # Half-precision backbone weights: under inference_mode autocast would re-cast every fp32
+            # weight on every call. Heads stay fp32 (the model casts hidden states to their dtype).
+            model.backbone.to(torch.bfloat16 if precision == "bf16" else torch.float16)
         self.model = model.to(self.device).eval()
         if compile:
             self.model = torch.compile(self.model)  # type: ignore[assignment]
