@@ -304,6 +304,47 @@ def _table(records: list[dict[str, Any]], keep_columns: list[str]) -> pa.Table:
     return pa.Table.from_pylist(records, schema=output_schema(keep_fields))
 
 
+class PartWriter:
+    """Streams a unit's records into a temporary parquet file (a row group per window), then renames it.
+
+    Memory stays bounded by the window, not the unit. Kept columns take their type from the first
+    window; later values of a text-typed kept column are stored as JSON text.
+    """
+
+    def __init__(self, part: Path, keep_columns: list[str]):
+        self.part = part
+        self.tmp = part.with_name(f".{part.name}.tmp-{os.getpid()}")
+        self.keep = keep_columns
+        self.writer: pq.ParquetWriter | None = None
+
+    def write(self, records: list[dict[str, Any]]) -> None:
+        if self.writer is None:
+            table = _table(records, self.keep)
+            self.writer = pq.ParquetWriter(self.tmp, table.schema)
+        else:
+            schema = self.writer.schema
+            for col in self.keep:
+                if schema.field(col).type == pa.string():
+                    for r in records:
+                        if r.get(col) is not None and not isinstance(r[col], str):
+                            r[col] = json.dumps(r[col], default=str)
+            try:
+                table = pa.Table.from_pylist(records, schema=schema)
+            except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
+                raise ValueError(
+                    f"inference.keep_columns: a kept column changes type inside one work unit ({err}); "
+                    "drop it from keep_columns or make its values one type"
+                ) from None
+        self.writer.write_table(table)
+
+    def commit(self) -> None:
+        if self.writer is None:
+            pq.write_table(_table([], self.keep), self.tmp)
+        else:
+            self.writer.close()
+        self.tmp.replace(self.part)
+
+
 class Progress:
     """One bar on rank 0 for all ranks: each rank publishes its counts in output_dir/_progress/."""
 
@@ -359,8 +400,8 @@ def score_unit(
 ) -> dict[str, int]:
     """Score one unit and publish its part (and errors) atomically. Returns its counts."""
     errors: list[dict[str, Any]] = []
-    records: list[dict[str, Any]] = []
-    chunks = tokens = 0
+    writer = PartWriter(out / f"part-{unit.name}.parquet", opts.keep_columns)
+    scored_rows = chunks = tokens = 0
     windows = _windows(unit, opts, errors)
     # Tokenize the next window in a background thread while the model runs on the current one.
     pending = None
@@ -372,8 +413,8 @@ def score_unit(
         following = next(windows, None)
         pending = (following, pool.submit(scorer.prepare, following)) if following is not None else None
         prepared = future.result()
-        scored = scorer.score(window, prepared)
-        records.extend(scored)
+        writer.write(scorer.score(window, prepared))
+        scored_rows += len(window)
         chunks += len(prepared[0])
         tokens += prepared[2]
         progress.add(len(window), prepared[2])
@@ -381,13 +422,10 @@ def score_unit(
     if errors:
         err_path = out / f"errors-{unit.name}.jsonl"
         _atomic_write_text(err_path, "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in errors))
-    part = out / f"part-{unit.name}.parquet"
-    tmp = part.with_name(f".{part.name}.tmp-{os.getpid()}")
-    pq.write_table(_table(records, opts.keep_columns), tmp)
-    tmp.replace(part)
+    writer.commit()
     return {
-        "rows": len(records) + len(errors),
-        "scored": len(records),
+        "rows": scored_rows + len(errors),
+        "scored": scored_rows,
         "errors": len(errors),
         "chunks": chunks,
         "tokens": tokens,

@@ -169,3 +169,20 @@ def test_bf16_on_cpu_is_close_to_fp32(exported, tmp_path):
     _score(exported["merged"], str(src), tmp_path / "bf16", precision="bf16")
     a, b = _read(tmp_path / "fp32"), _read(tmp_path / "bf16")
     assert (a["impact"] - b["impact"]).abs().max() < 0.05
+
+
+def test_parts_stream_window_by_window(exported, tmp_path):
+    rows = [
+        {"id": f"w{i}", "text": f"$ACME update {i}", "n": i, "meta": "x" if i < 5 else {"k": i}}
+        for i in range(25)
+    ]
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    _score(exported["merged"], str(src), tmp_path / "out", unit_rows=10, window=4, keep_columns=["n", "meta"])
+    part = pq.ParquetFile(tmp_path / "out" / "part-00000-00000.parquet")
+    assert part.metadata.num_rows == 10 and part.metadata.num_row_groups == 3  # windows of 4, 4, 2
+    df = _read(tmp_path / "out").set_index("id")
+    assert (
+        df.loc["w7", "n"] == 7
+        and df.loc["w1", "meta"] == "x"
+        and json.loads(df.loc["w7", "meta"]) == {"k": 7}
+    )
