@@ -34,7 +34,7 @@ from omegaconf import DictConfig
 
 from inference.engine import Article, Scorer, load_ticker_map, model_fingerprint
 from inference.readers import BadRow, count_rows, expand_inputs, read_range
-from training.config import ConfigError, exit_on_config_error, load_config
+from training.config import ConfigError, exit_on_config_error, load_validated
 from training.modeling import META_FILE
 
 log = logging.getLogger("newsimpact.score")
@@ -595,11 +595,7 @@ def summary_table(m: dict[str, Any], rate: float) -> str:
 
 @hydra.main(config_path="../configs", config_name="score", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    def _load() -> tuple[ScoreConfig, list[str]]:
-        config = load_config(cfg, ScoreConfig)
-        return config, validate_score_config(config)
-
-    config, files = exit_on_config_error(_load)
+    config, files = load_validated(cfg, ScoreConfig, validate_score_config)
     try:
         exit_on_config_error(lambda: run(config, files))
     except RuntimeError as err:

@@ -337,6 +337,19 @@ def validate_train_config(config: TrainConfig) -> None:
         raise ConfigError(problems)
 
 
+def load_validated(cfg: DictConfig, schema: type[T], validate: Callable[[T], Any]) -> tuple[T, Any]:
+    """An entry point's first step: the typed config and what ``validate`` returns for it.
+
+    Any config problem ends the process before work starts: one line per problem, exit code 2.
+    """
+
+    def _load() -> tuple[T, Any]:
+        config = load_config(cfg, schema)
+        return config, validate(config)
+
+    return exit_on_config_error(_load)  # type: ignore[no-any-return]
+
+
 def exit_on_config_error(fn: Callable[[], Any]) -> Any:
     """Run ``fn``; turn a :class:`ConfigError` into one line per problem on stderr and exit code 2."""
     try:

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from torchmetrics.functional import classification as tmc
 from tqdm.auto import tqdm
 
-from training.config import ConfigError, DataConfig, SchemaConfig, exit_on_config_error, load_config
+from training.config import ConfigError, DataConfig, SchemaConfig, load_validated
 from training.data import Collator, build_splits
 from training.modeling import META_FILE, NewsImpactModel, load_tokenizer, load_trained, read_meta
 from training.module import HeadMetrics
@@ -280,12 +280,8 @@ def run(config: EvaluateConfig) -> dict[str, Any]:
 
 @hydra.main(config_path="../configs", config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    def _load() -> EvaluateConfig:
-        config = load_config(cfg, EvaluateConfig)
-        validate_evaluate_config(config)
-        return config
-
-    run(exit_on_config_error(_load))
+    config, _ = load_validated(cfg, EvaluateConfig, validate_evaluate_config)
+    run(config)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from training.config import ConfigError, exit_on_config_error, load_config
+from training.config import ConfigError, exit_on_config_error, load_validated
 from training.modeling import (
     _DTYPES,
     FORMAT_VERSION,
@@ -266,12 +266,7 @@ def _restore_pooler(backbone: Any, base_model: str) -> None:
 
 @hydra.main(config_path="../configs", config_name="export", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    def _load() -> ExportConfig:
-        config = load_config(cfg, ExportConfig)
-        validate_export_config(config)
-        return config
-
-    config = exit_on_config_error(_load)
+    config, _ = load_validated(cfg, ExportConfig, validate_export_config)
     exit_on_config_error(lambda: run(config))
 
 

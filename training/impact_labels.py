@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
-from training.config import ConfigError, exit_on_config_error, load_config
+from training.config import ConfigError, exit_on_config_error, load_validated
 
 log = logging.getLogger("newsimpact.impact_labels")
 
@@ -408,12 +408,7 @@ def run(config: ImpactLabelsConfig) -> dict[str, Any]:
 
 @hydra.main(config_path="../configs", config_name="impact_labels", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    def _load() -> ImpactLabelsConfig:
-        config = load_config(cfg, ImpactLabelsConfig)
-        validate(config)
-        return config
-
-    config = exit_on_config_error(_load)
+    config, _ = load_validated(cfg, ImpactLabelsConfig, validate)
     exit_on_config_error(lambda: run(config))
 
 

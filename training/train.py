@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 
-from training.config import TrainConfig, exit_on_config_error, load_config, validate_train_config
+from training.config import TrainConfig, load_validated, validate_train_config
 from training.modeling import FORMAT_VERSION, LabelSchema, build_model, load_tokenizer, save_trainable
 from training.module import NewsDataModule, NewsImpactModule
 
@@ -214,12 +214,7 @@ def _quiet_known_warnings() -> None:
 def main(cfg: DictConfig) -> None:
     _quiet_known_warnings()
 
-    def _load() -> TrainConfig:
-        config = load_config(cfg, TrainConfig)
-        validate_train_config(config)
-        return config
-
-    config = exit_on_config_error(_load)
+    config, _ = load_validated(cfg, TrainConfig, validate_train_config)
     log.info("config:\n%s", OmegaConf.to_yaml(OmegaConf.structured(config)))
     run(config, config.run_dir)
 
