@@ -181,7 +181,10 @@ def plot(pred: dict[str, torch.Tensor], labels: list[str], out: Path) -> list[st
         ax.set_yticks(range(len(labels)), labels)
         for i in range(len(labels)):
             for j in range(len(labels)):
-                ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=8)
+                ax.text(
+                    j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=8,
+                    color="white" if cm[i, j] > cm.max() / 2 else "black",
+                )  # fmt: skip
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
         ax.set_title("sentiment confusion matrix")
