@@ -35,7 +35,7 @@ class Article:
 @dataclass
 class Chunk:
     article: int  # index into the window's articles
-    input_ids: list[int]
+    input_ids: np.ndarray  # int32; arrays, not lists: a window holds thousands of chunks
     entity_tokens: list[list[int]]  # per ticker of the article (empty list: not mentioned here)
 
 
@@ -183,7 +183,7 @@ class Scorer:
             per_article[art] = per_article.get(art, 0) + 1
             offsets = enc["offset_mapping"][c]
             entity_tokens = [spans_to_tokens(offsets, s) for s in spans[art]]
-            chunks.append(Chunk(art, enc["input_ids"][c], entity_tokens))
+            chunks.append(Chunk(art, np.asarray(enc["input_ids"][c], dtype=np.int32), entity_tokens))
             tokens += len(enc["input_ids"][c])
         return chunks, tickers, tokens
 
@@ -220,7 +220,7 @@ class Scorer:
         for b, chunk in enumerate(chunks):
             n = len(chunk.input_ids)
             shift = length - n if left else 0
-            ids[b, shift : shift + n] = torch.as_tensor(chunk.input_ids)
+            ids[b, shift : shift + n] = torch.from_numpy(chunk.input_ids)
             mask[b, shift : shift + n] = 1
             for e, t in enumerate(slots[b]):
                 entity_mask[b, e, [shift + k for k in chunk.entity_tokens[t]]] = True
