@@ -102,6 +102,19 @@ class SplitConfig:
 
 
 @dataclass
+class EntityTableConfig:
+    """A table of companies (one row per ticker with its names), e.g. SEntFiN's ``entities.parquet``.
+
+    An entity whose string equals one of a row's names (case-insensitive) gets that row's ticker, and all
+    of the row's names are used to find its mentions in the text.
+    """
+
+    path: str = ""  # relative to the source root (parquet, csv or jsonl)
+    ticker: str = "symbol"  # column with the ticker
+    aliases: str = "aliases"  # column with a list of names
+
+
+@dataclass
 class SourceConfig:
     root: str = ""
     format: str | None = None  # json | csv | parquet | hub; null: from the file extension
@@ -113,6 +126,7 @@ class SourceConfig:
     max_samples: int | None = None
     # A return column whose |value| becomes impact in [0, 1] by its rank among this source's training rows.
     impact_from_return: str | None = None
+    entity_table: EntityTableConfig | None = None
 
 
 @dataclass
@@ -164,6 +178,7 @@ class TrainerConfig:
     num_sanity_val_steps: int = 0
     deterministic: bool = False
     enable_progress_bar: bool = True
+    max_time: str | None = None  # DD:HH:MM:SS; stops training (cleanly, with checkpoints) at that time
 
 
 @dataclass
@@ -268,6 +283,11 @@ def _check_source(name: str, source: SourceConfig, schema: SchemaConfig, problem
             f"({key}.root=/path/to/data) or set NEWSIMPACT_DATA_DIR"
         )
         return
+    table = source.entity_table
+    if table is not None:
+        path = os.path.join(source.root, table.path)
+        if not table.path or not os.path.isfile(path):
+            problems.append(f"{key}.entity_table.path: no file at {path}; fix the path or drop entity_table")
     for split_name, split in source.splits.items():
         files = source_split_files(source, split)
         missing = [f for f in files if not os.path.exists(f)]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import datasets
@@ -52,13 +52,13 @@ CANONICAL_FEATURES = datasets.Features(
 
 
 def _format_of(source: SourceConfig, files: Sequence[str]) -> str:
-    if source.format:
-        return source.format
-    ext = os.path.splitext(files[0])[1].lower()
+    return source.format or _format_of_file(files[0])
+
+
+def _format_of_file(path: str) -> str:
+    ext = os.path.splitext(path)[1].lower()
     if ext not in _EXT_FORMATS:
-        raise ValueError(
-            f"cannot tell the format of {files[0]}; set the source's format to json, csv or parquet"
-        )
+        raise ValueError(f"cannot tell the format of {path}; set the source's format to json, csv or parquet")
     return _EXT_FORMATS[ext]
 
 
@@ -108,6 +108,7 @@ class _Canonicalizer:
         self.topic_map = {str(k): v for k, v in source.topic_map.items()}
         self.scale = list(schema.sentiment_labels)
         self.topics = set(schema.topics)
+        self.entity_lookup = load_entity_table(source) if source.entity_table else {}
 
     def _label(self, value: Any, key: str) -> str | None:
         if _is_missing(value) or value == "":
@@ -133,7 +134,20 @@ class _Canonicalizer:
             )
         return mapped
 
+    def _resolve(self, entity: dict[str, Any]) -> dict[str, Any]:
+        """An entity named as in the text gets its ticker and all its names from the entity table."""
+        hit = self.entity_lookup.get(entity["ticker"].strip().lower())
+        if hit is None:
+            return entity
+        ticker, names = hit
+        aliases = list(dict.fromkeys([entity["ticker"], *entity["aliases"], *names]))
+        return {**entity, "ticker": ticker, "aliases": [a for a in aliases if a != ticker]}
+
     def _entities(self, batch: dict[str, list[Any]], i: int) -> list[dict[str, Any]]:
+        entities = self._raw_entities(batch, i)
+        return [self._resolve(e) for e in entities] if self.entity_lookup else entities
+
+    def _raw_entities(self, batch: dict[str, list[Any]], i: int) -> list[dict[str, Any]]:
         cols = self.columns
         if "entities" in cols:
             raw = batch[cols["entities"]][i] or []
@@ -185,6 +199,37 @@ class _Canonicalizer:
             out["entities"].append(self._entities(batch, i))
             out["source"].append(self.name)
         return out
+
+
+def load_entity_table(source: SourceConfig) -> dict[str, tuple[str, list[str]]]:
+    """``entity_table`` as a lookup from every lower-cased name (and ticker) to (ticker, names).
+
+    A name shared by several tickers keeps the first; the table is small (thousands of rows).
+    """
+    table = source.entity_table
+    assert table is not None
+    path = os.path.join(source.root, table.path)
+    ds = datasets.load_dataset(_format_of_file(path), data_files=[path], split="train")
+    for column in (table.ticker, table.aliases):
+        if column not in ds.column_names:
+            raise ValueError(
+                f"entity_table: column '{column}' is not in {path} (columns: {ds.column_names}); "
+                "set entity_table.ticker / entity_table.aliases"
+            )
+    lookup: dict[str, tuple[str, list[str]]] = {}
+    for ticker, names in zip(ds[table.ticker], ds[table.aliases], strict=True):
+        if _is_missing(ticker):
+            continue
+        names = [names] if isinstance(names, str) else [n for n in names or [] if isinstance(n, str)]
+        for key in [str(ticker), *names]:
+            lookup.setdefault(key.strip().lower(), (str(ticker), names))
+    return lookup
+
+
+def impact_calibrations(data: DataConfig) -> dict[str, dict[str, Any]]:
+    """The impact rank table of every ``impact_from_return`` source, by source name."""
+    tables = {name: impact_calibration(source) for name, source in data.sources.items()}
+    return {name: table for name, table in tables.items() if table is not None}
 
 
 def impact_calibration(source: SourceConfig) -> dict[str, Any] | None:
@@ -303,14 +348,17 @@ def build_splits(
     tokenizer: Any,
     max_length: int,
     only: Sequence[str] | None = None,
+    calibrations: Mapping[str, dict[str, Any]] | None = None,
 ) -> dict[str, datasets.Dataset]:
     """Every split (or the ``only`` ones) of every source, canonicalised, encoded and mixed.
 
-    The training split of each source is repeated or subsampled by its ``weight``.
+    The training split of each source is repeated or subsampled by its ``weight``. ``calibrations``
+    (source name -> rank table, as saved with a run) replaces the impact mapping built from the source's
+    training rows, so evaluation applies the mapping the model was trained with.
     """
     per_split: dict[str, list[datasets.Dataset]] = {}
     for name, source in data.sources.items():
-        calibration = impact_calibration(source)
+        calibration = (calibrations or {}).get(name) or impact_calibration(source)
         for split_name, split in source.splits.items():
             if only is not None and split_name not in only:
                 continue

@@ -106,6 +106,27 @@ def _regression(pred: torch.Tensor, true: torch.Tensor) -> dict[str, float]:
     }
 
 
+def _graded_accuracy(pred: torch.Tensor, true: torch.Tensor, n_labels: int) -> dict[str, float]:
+    """Accuracy and macro-F1 of a score head whose targets are labels on the scale (e.g. SEntFiN).
+
+    Labels become scores at evenly spaced points of [-1, 1]; a prediction counts as the nearest point.
+    Targets that are not on those points (continuous scores, e.g. FiQA) give no classification metrics.
+    """
+    mask = ~torch.isnan(true)
+    pred, true = pred[mask], true[mask]
+    grid = torch.linspace(-1.0, 1.0, n_labels)
+    target = (true[:, None] - grid[None, :]).abs().argmin(1)
+    if len(true) == 0 or not torch.allclose(grid[target], true, atol=1e-4):
+        return {}
+    guess = (pred[:, None] - grid[None, :]).abs().argmin(1)
+    per_class = tmc.multiclass_f1_score(guess, target, n_labels, average="none")
+    return {
+        "accuracy": float((guess == target).float().mean()),
+        # over the labels the targets use (a 3-label source scored on a 5-level scale has 3)
+        "f1_macro": float(per_class[target.unique()].mean()),
+    }
+
+
 def compute_metrics(pred: dict[str, torch.Tensor], labels: list[str], topics: list[str]) -> dict[str, Any]:
     """Every head's metrics; sentiment macro-F1/accuracy use the same torchmetrics as training."""
     metrics: dict[str, Any] = {}
@@ -140,6 +161,8 @@ def compute_metrics(pred: dict[str, torch.Tensor], labels: list[str], topics: li
         reg = _regression(pred[p_key], pred[t_key])
         if reg:
             metrics[head] = reg
+    if "tickers" in metrics:
+        metrics["tickers"].update(_graded_accuracy(pred["ticker_pred"], pred["ticker_true"], len(labels)))
     rows = ~torch.isnan(pred["topic_targets"]).any(dim=1)
     if rows.any() and topics:
         probs, target = pred["topic_probs"][rows], pred["topic_targets"][rows].long()
@@ -258,7 +281,14 @@ def run(config: EvaluateConfig) -> dict[str, Any]:
     meta = read_meta(config.model_dir)
     schema = SchemaConfig(**meta["schema"])
     tokenizer = load_tokenizer(config.model_dir)
-    ds = build_splits(config.data, schema, tokenizer, meta["max_length"], only=[config.split])[config.split]
+    ds = build_splits(
+        config.data,
+        schema,
+        tokenizer,
+        meta["max_length"],
+        only=[config.split],
+        calibrations=meta.get("impact_calibration"),
+    )[config.split]
     loader = DataLoader(
         ds, batch_size=config.batch_size, collate_fn=Collator(tokenizer.pad_token_id, len(schema.topics))
     )  # type: ignore[arg-type]

@@ -20,8 +20,16 @@ from training.modeling import NewsImpactModel, balanced_class_weights, compute_l
 class NewsDataModule(pl.LightningDataModule):
     """Builds the encoded splits once (rank 0 fills the ``datasets`` cache, the others read it)."""
 
-    def __init__(self, data: DataConfig, schema: SchemaConfig, tokenizer: Any, max_length: int):
+    def __init__(
+        self,
+        data: DataConfig,
+        schema: SchemaConfig,
+        tokenizer: Any,
+        max_length: int,
+        calibrations: dict[str, dict[str, Any]] | None = None,
+    ):
         super().__init__()
+        self.calibrations = calibrations
         self.data = data
         self.schema = schema
         self.tokenizer = tokenizer
@@ -30,11 +38,13 @@ class NewsDataModule(pl.LightningDataModule):
         self.collate = Collator(tokenizer.pad_token_id, len(schema.topics))
 
     def prepare_data(self) -> None:
-        build_splits(self.data, self.schema, self.tokenizer, self.max_length)
+        build_splits(self.data, self.schema, self.tokenizer, self.max_length, calibrations=self.calibrations)
 
     def setup(self, stage: str | None = None) -> None:
         if not self.splits:
-            self.splits = build_splits(self.data, self.schema, self.tokenizer, self.max_length)
+            self.splits = build_splits(
+                self.data, self.schema, self.tokenizer, self.max_length, calibrations=self.calibrations
+            )
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
         dataset = self.splits[split]

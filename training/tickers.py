@@ -17,19 +17,24 @@ _EXCHANGE_RE = re.compile(rf"\(\s*(?:{_EXCHANGES})\s*:\s*([A-Z][A-Z0-9]{{0,6}}(?
 _CASHTAG_RE = re.compile(r"(?<![\w$])\$([A-Z][A-Z0-9]{0,5}(?:\.[A-Z]{1,2})?)\b")
 
 
+# A possessive or plural directly after a name still mentions it: "Alibaba's", "HULs" (apostrophe lost).
+_POSSESSIVE = r"(?:['\u2019]?s)?"
+
+
 def _alias_pattern(alias: str) -> re.Pattern[str]:
-    return re.compile(rf"(?<!\w){re.escape(alias)}(?!\w)", re.IGNORECASE)
+    return re.compile(rf"(?<!\w){re.escape(alias)}{_POSSESSIVE}(?!\w)", re.IGNORECASE)
 
 
 def find_mentions(text: str, ticker: str, aliases: Sequence[str] = ()) -> list[tuple[int, int]]:
     """Character spans of every mention of ``ticker`` (as symbol, cashtag or alias) in ``text``.
 
     The symbol itself is matched case-sensitively (``AI`` the ticker is not "ai" the word); aliases are
-    matched case-insensitively as whole words. Overlapping spans are merged.
+    matched case-insensitively as whole words. Both may carry a possessive ("BABA's", "HULs"), which is
+    part of the span. Overlapping spans are merged.
     """
     spans: list[tuple[int, int]] = []
     if ticker:
-        symbol = re.compile(rf"(?<![\w]){re.escape('$')}?{re.escape(ticker)}(?![\w])")
+        symbol = re.compile(rf"(?<![\w]){re.escape('$')}?{re.escape(ticker)}{_POSSESSIVE}(?![\w])")
         spans += [m.span() for m in symbol.finditer(text)]
     for alias in aliases:
         if alias and alias != ticker:

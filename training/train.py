@@ -28,6 +28,7 @@ from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 
 from training.config import TrainConfig, load_validated, validate_train_config
+from training.data import impact_calibrations
 from training.modeling import FORMAT_VERSION, LabelSchema, build_model, load_tokenizer, save_trainable
 from training.module import NewsDataModule, NewsImpactModule
 
@@ -140,7 +141,10 @@ def run(config: TrainConfig, run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     pl.seed_everything(config.seed, workers=True)
     schema = LabelSchema(list(config.schema.sentiment_labels), list(config.schema.topics))
     tokenizer = load_tokenizer(config.model.pretrained_model_name_or_path, config.model.trust_remote_code)
-    datamodule = NewsDataModule(config.data, config.schema, tokenizer, config.model.max_length)
+    # impact_from_return sources: the |return| -> impact rank table travels with the model (run.json,
+    # adapter/ and every export), so evaluation and users map impact the way training did.
+    calibrations = impact_calibrations(config.data)
+    datamodule = NewsDataModule(config.data, config.schema, tokenizer, config.model.max_length, calibrations)
     model = build_model(config.model, config.peft, schema)
     class_weights = datamodule.class_weights() if config.loss.sentiment_class_weights == "balanced" else None
     module = NewsImpactModule(model, config.optim, config.loss, class_weights)
@@ -158,6 +162,7 @@ def run(config: TrainConfig, run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         "peft": asdict(config.peft),
         "config": asdict(config),
         "config_hash": config_hash(config),
+        "impact_calibration": calibrations,
         "git_revision": git_revision(),
         "started_at": dt.datetime.now(dt.timezone.utc).isoformat(),
     }
@@ -178,6 +183,7 @@ def run(config: TrainConfig, run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         num_trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
         resumed_from=ckpt_path,
         best_checkpoint=getattr(trainer.checkpoint_callback, "best_model_path", None) or None,
+        best_score=_best_score(trainer, config),
     )
     if trainer.is_global_zero:
         save_trainable(
@@ -194,6 +200,7 @@ def run(config: TrainConfig, run_dir: str | os.PathLike[str]) -> dict[str, Any]:
                     "head_dropout",
                     "peft",
                     "config_hash",
+                    "impact_calibration",
                 )
             },
         )
@@ -201,6 +208,14 @@ def run(config: TrainConfig, run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         write_run_json(run_path, info)
         log.info("run finished: %s (step %d, %.0fs)", run_path, trainer.global_step, info["train_seconds"])
     return info
+
+
+def _best_score(trainer: pl.Trainer, config: TrainConfig) -> float | None:
+    """The best value of ``checkpoint.monitor`` this run saw (what a sweep maximises or minimises)."""
+    score = getattr(trainer.checkpoint_callback, "best_model_score", None)
+    if config.checkpoint.monitor is None or score is None:
+        return None
+    return float(score)
 
 
 def _quiet_known_warnings() -> None:
@@ -211,12 +226,13 @@ def _quiet_known_warnings() -> None:
 
 
 @hydra.main(config_path="../configs", config_name="train", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float | None:
+    """Train; returns the best ``checkpoint.monitor`` value (the objective of a Hydra sweep)."""
     _quiet_known_warnings()
 
     config, _ = load_validated(cfg, TrainConfig, validate_train_config)
     log.info("config:\n%s", OmegaConf.to_yaml(OmegaConf.structured(config)))
-    run(config, config.run_dir)
+    return run(config, config.run_dir)["best_score"]
 
 
 if __name__ == "__main__":
