@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from training.modeling import HEADS_FILE, META_FILE, load_tokenizer, load_trained, read_meta
+from training.text import normalize
 from training.tickers import extract_tickers, find_mentions, spans_to_tokens
 
 # A long article is cut to this many characters per allowed chunk before tokenizing, so one giant row
@@ -134,6 +135,7 @@ class Scorer:
         self.labels: list[str] = self.meta["schema"]["sentiment_labels"]
         self.topics: list[str] = self.meta["schema"]["topics"]
         self.max_length: int = self.meta["max_length"]
+        self.replace_urls: str | None = self.meta.get("replace_urls")
         self.stride = (
             stride
             if stride is not None
@@ -157,7 +159,7 @@ class Scorer:
     def prepare(self, articles: Sequence[Article]) -> tuple[list[Chunk], list[list[str]], int]:
         """Tokenize articles into chunks with ticker mention positions. Returns chunks, tickers, tokens."""
         cap = self.max_chunks * self.max_length * CHARS_PER_TOKEN_CAP
-        texts = [a.text[:cap] for a in articles]
+        texts = [normalize(a.text[:cap], self.replace_urls) for a in articles]
         enc = self.tokenizer(
             texts,
             truncation=True,
@@ -167,8 +169,8 @@ class Scorer:
             return_offsets_mapping=True,
         )
         tickers = [
-            a.tickers if a.tickers is not None else extract_tickers(a.text[:cap], self.ticker_map)
-            for a in articles
+            a.tickers if a.tickers is not None else extract_tickers(text, self.ticker_map)
+            for a, text in zip(articles, texts)
         ]
         spans = [
             [find_mentions(text, t, self.aliases.get(t, ())) for t in ticks]

@@ -74,6 +74,9 @@ class SchemaConfig:
 class ModelConfig:
     pretrained_model_name_or_path: str = "${minilm_path:}"
     max_length: int = 128
+    # Replace every URL with this token before tokenizing (e.g. "http"); saved with the model, so
+    # evaluation and scoring apply it too. null: text as is.
+    replace_urls: str | None = None
     pooling: str = "auto"  # auto | mean | cls | last (auto: mean for encoders, last token for decoders)
     head_dropout: float = 0.1
     dtype: str = "float32"  # weights of the frozen backbone: float32 | bfloat16 | float16

@@ -19,6 +19,7 @@ import torch
 
 from training.config import DataConfig, SchemaConfig, SourceConfig, SplitConfig, source_split_files
 from training.impact_labels import apply_calibration, build_calibration
+from training.text import normalize
 from training.tickers import find_mentions, spans_to_tokens
 
 IGNORE_INDEX = -100
@@ -273,18 +274,20 @@ def to_canonical(
 class _Encoder:
     """Tokenizes canonical rows and builds per-head targets (masked where a label is absent)."""
 
-    def __init__(self, tokenizer: Any, schema: SchemaConfig, max_length: int):
+    def __init__(
+        self, tokenizer: Any, schema: SchemaConfig, max_length: int, replace_urls: str | None = None
+    ):
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.replace_urls = replace_urls
         self.scale = list(schema.sentiment_labels)
         self.topics = list(schema.topics)
 
     def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        enc = self.tokenizer(
-            batch["text"], truncation=True, max_length=self.max_length, return_offsets_mapping=True
-        )
+        texts = [normalize(t, self.replace_urls) for t in batch["text"]]
+        enc = self.tokenizer(texts, truncation=True, max_length=self.max_length, return_offsets_mapping=True)
         sentiment_id, topic_targets, entity_tokens, entity_scores = [], [], [], []
-        for i, text in enumerate(batch["text"]):
+        for i, text in enumerate(texts):
             label = batch["sentiment"][i]
             sentiment_id.append(self.scale.index(label) if label is not None else IGNORE_INDEX)
             if batch["has_topics"][i]:
@@ -325,9 +328,15 @@ MODEL_COLUMNS = [
 ]
 
 
-def encode(ds: datasets.Dataset, tokenizer: Any, schema: SchemaConfig, max_length: int) -> datasets.Dataset:
+def encode(
+    ds: datasets.Dataset,
+    tokenizer: Any,
+    schema: SchemaConfig,
+    max_length: int,
+    replace_urls: str | None = None,
+) -> datasets.Dataset:
     """Tokenize canonical rows into model inputs and masked targets (cached by ``datasets``)."""
-    encoded = ds.map(_Encoder(tokenizer, schema, max_length), batched=True, desc="tokenize")
+    encoded = ds.map(_Encoder(tokenizer, schema, max_length, replace_urls), batched=True, desc="tokenize")
     return encoded.select_columns(MODEL_COLUMNS + ["source"])
 
 
@@ -349,12 +358,14 @@ def build_splits(
     max_length: int,
     only: Sequence[str] | None = None,
     calibrations: Mapping[str, dict[str, Any]] | None = None,
+    replace_urls: str | None = None,
 ) -> dict[str, datasets.Dataset]:
     """Every split (or the ``only`` ones) of every source, canonicalised, encoded and mixed.
 
     The training split of each source is repeated or subsampled by its ``weight``. ``calibrations``
     (source name -> rank table, as saved with a run) replaces the impact mapping built from the source's
-    training rows, so evaluation applies the mapping the model was trained with.
+    training rows, so evaluation applies the mapping the model was trained with. ``replace_urls`` is the
+    model's text normalisation (:func:`training.text.normalize`).
     """
     per_split: dict[str, list[datasets.Dataset]] = {}
     for name, source in data.sources.items():
@@ -365,7 +376,7 @@ def build_splits(
             ds = to_canonical(load_split(source, split), name, source, schema, calibration)
             if source.max_samples is not None and len(ds) > source.max_samples:
                 ds = ds.shuffle(seed=data.seed).select(range(source.max_samples))
-            ds = encode(ds, tokenizer, schema, max_length)
+            ds = encode(ds, tokenizer, schema, max_length, replace_urls)
             if split_name == "train":
                 ds = _weighted(ds, source.weight, data.seed)
             per_split.setdefault(split_name, []).append(ds)

@@ -288,6 +288,7 @@ def run(config: EvaluateConfig) -> dict[str, Any]:
         meta["max_length"],
         only=[config.split],
         calibrations=meta.get("impact_calibration"),
+        replace_urls=meta.get("replace_urls"),
     )[config.split]
     loader = DataLoader(
         ds, batch_size=config.batch_size, collate_fn=Collator(tokenizer.pad_token_id, len(schema.topics))

@@ -27,9 +27,11 @@ class NewsDataModule(pl.LightningDataModule):
         tokenizer: Any,
         max_length: int,
         calibrations: dict[str, dict[str, Any]] | None = None,
+        replace_urls: str | None = None,
     ):
         super().__init__()
         self.calibrations = calibrations
+        self.replace_urls = replace_urls
         self.data = data
         self.schema = schema
         self.tokenizer = tokenizer
@@ -38,7 +40,14 @@ class NewsDataModule(pl.LightningDataModule):
         self.collate = Collator(tokenizer.pad_token_id, len(schema.topics))
 
     def prepare_data(self) -> None:
-        build_splits(self.data, self.schema, self.tokenizer, self.max_length, calibrations=self.calibrations)
+        build_splits(
+            self.data,
+            self.schema,
+            self.tokenizer,
+            self.max_length,
+            calibrations=self.calibrations,
+            replace_urls=self.replace_urls,
+        )
 
     def setup(self, stage: str | None = None) -> None:
         if not self.splits:
@@ -181,6 +190,8 @@ class NewsImpactModule(pl.LightningModule):
         self.strict_loading = False
         self.val_metrics = HeadMetrics(len(model.schema.sentiment_labels), len(model.schema.topics))
         self.last_val_metrics: dict[str, float] = {}
+        # Every validation of this process: {"step": n, metric: value}; the best is a sweep's objective.
+        self.val_history: list[dict[str, float]] = []
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return self.model(batch["input_ids"], batch["attention_mask"], batch.get("entity_mask"))
@@ -202,6 +213,8 @@ class NewsImpactModule(pl.LightningModule):
         metrics = self.val_metrics.compute()
         self.val_metrics.reset()
         self.last_val_metrics = metrics
+        if not self.trainer.sanity_checking:
+            self.val_history.append({"step": self.global_step, **metrics})
         # Already reduced across ranks by torchmetrics; logging on every rank keeps checkpoint monitors in step.
         for key, value in metrics.items():
             self.log(f"val/{key}", value, prog_bar=key == "sentiment_f1_macro")

@@ -103,6 +103,10 @@ def build_trainer(config: TrainConfig, run_dir: Path) -> pl.Trainer:
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
     ckpt = config.checkpoint
+    # Two kinds of checkpoint. For resuming: the newest weights every N steps (step*.ckpt, last.ckpt).
+    # For selection: the weights right after each validation that ranks in the top k by the monitor
+    # (best-*.ckpt); saving those on a train step instead would pair a step's weights with the score of
+    # an earlier validation.
     callbacks: list[Any] = [
         ModelCheckpoint(
             dirpath=str(run_dir / "checkpoints"),
@@ -110,11 +114,21 @@ def build_trainer(config: TrainConfig, run_dir: Path) -> pl.Trainer:
             auto_insert_metric_name=False,
             save_last=True,
             every_n_train_steps=ckpt.every_n_train_steps,
-            monitor=ckpt.monitor,
-            mode=ckpt.mode,
-            save_top_k=ckpt.save_top_k if ckpt.monitor else 1,
+            save_top_k=1,
         )
     ]
+    if ckpt.monitor:
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=str(run_dir / "checkpoints"),
+                filename="best-step{step}",
+                auto_insert_metric_name=False,
+                monitor=ckpt.monitor,
+                mode=ckpt.mode,
+                save_top_k=ckpt.save_top_k,
+                save_on_train_epoch_end=False,
+            )
+        )
     if config.loggers:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     trainer_kwargs = asdict(config.trainer)
@@ -144,7 +158,14 @@ def run(config: TrainConfig, run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     # impact_from_return sources: the |return| -> impact rank table travels with the model (run.json,
     # adapter/ and every export), so evaluation and users map impact the way training did.
     calibrations = impact_calibrations(config.data)
-    datamodule = NewsDataModule(config.data, config.schema, tokenizer, config.model.max_length, calibrations)
+    datamodule = NewsDataModule(
+        config.data,
+        config.schema,
+        tokenizer,
+        config.model.max_length,
+        calibrations,
+        config.model.replace_urls,
+    )
     model = build_model(config.model, config.peft, schema)
     class_weights = datamodule.class_weights() if config.loss.sentiment_class_weights == "balanced" else None
     module = NewsImpactModule(model, config.optim, config.loss, class_weights)
@@ -157,6 +178,7 @@ def run(config: TrainConfig, run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         "base_model": config.model.pretrained_model_name_or_path,
         "schema": schema.to_dict(),
         "max_length": config.model.max_length,
+        "replace_urls": config.model.replace_urls,
         "pooling": model.pooling,
         "head_dropout": config.model.head_dropout,
         "peft": asdict(config.peft),
@@ -182,8 +204,9 @@ def run(config: TrainConfig, run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         val_metrics=module.last_val_metrics,
         num_trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
         resumed_from=ckpt_path,
-        best_checkpoint=getattr(trainer.checkpoint_callback, "best_model_path", None) or None,
-        best_score=_best_score(trainer, config),
+        best_checkpoint=_best_checkpoint(trainer),
+        best_score=_best_score(trainer, module, config),
+        val_history=module.val_history,
     )
     if trainer.is_global_zero:
         save_trainable(
@@ -196,6 +219,7 @@ def run(config: TrainConfig, run_dir: str | os.PathLike[str]) -> dict[str, Any]:
                     "base_model",
                     "schema",
                     "max_length",
+                    "replace_urls",
                     "pooling",
                     "head_dropout",
                     "peft",
@@ -210,12 +234,34 @@ def run(config: TrainConfig, run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     return info
 
 
-def _best_score(trainer: pl.Trainer, config: TrainConfig) -> float | None:
-    """The best value of ``checkpoint.monitor`` this run saw (what a sweep maximises or minimises)."""
-    score = getattr(trainer.checkpoint_callback, "best_model_score", None)
-    if config.checkpoint.monitor is None or score is None:
+def _selection_callback(trainer: pl.Trainer) -> Any:
+    """The monitored checkpoint callback (None without checkpoint.monitor)."""
+    return next((cb for cb in trainer.checkpoint_callbacks if getattr(cb, "monitor", None)), None)
+
+
+def _best_checkpoint(trainer: pl.Trainer) -> str | None:
+    callback = _selection_callback(trainer)
+    return (callback.best_model_path or None) if callback is not None else None
+
+
+def _best_score(trainer: pl.Trainer, module: NewsImpactModule, config: TrainConfig) -> float | None:
+    """The best value of ``checkpoint.monitor`` this run saw (what a sweep maximises or minimises).
+
+    Taken over every validation of this process and the checkpoint callback's best (which survives a
+    resume); None without a monitor or before the first validation.
+    """
+    monitor = config.checkpoint.monitor
+    if monitor is None:
         return None
-    return float(score)
+    key = monitor.removeprefix("val/")
+    values = [h[key] for h in module.val_history if key in h]
+    callback = _selection_callback(trainer)
+    score = callback.best_model_score if callback is not None else None
+    if score is not None:
+        values.append(float(score))
+    if not values:
+        return None
+    return max(values) if config.checkpoint.mode == "max" else min(values)
 
 
 def _quiet_known_warnings() -> None:

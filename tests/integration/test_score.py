@@ -186,3 +186,25 @@ def test_parts_stream_window_by_window(exported, tmp_path):
         and df.loc["w1", "meta"] == "x"
         and json.loads(df.loc["w7", "meta"]) == {"k": 7}
     )
+
+
+def test_model_url_normalisation_is_applied_when_scoring(exported, tmp_path):
+    """A model trained with model.replace_urls sees every URL as that token at scoring time too."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(exported["merged"], model)
+    meta = json.loads((model / "newsimpact.json").read_text())
+    meta["replace_urls"] = "http"
+    (model / "newsimpact.json").write_text(json.dumps(meta))
+    rows = [
+        {"id": "a", "text": "$ACME beats estimates https://t.co/bd0xbFGjkT"},
+        {"id": "b", "text": "$ACME beats estimates http"},
+    ]
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    _score(model, str(src), tmp_path / "norm")
+    _score(exported["merged"], str(src), tmp_path / "raw")
+    norm, raw = _read(tmp_path / "norm").set_index("id"), _read(tmp_path / "raw").set_index("id")
+    assert norm.loc["a", "sentiment_score"] == pytest.approx(norm.loc["b", "sentiment_score"], abs=1e-6)
+    assert norm.loc["a", "tickers"][0]["ticker"] == "ACME"
+    assert abs(raw.loc["a", "sentiment_score"] - raw.loc["b", "sentiment_score"]) > 1e-6

@@ -61,3 +61,44 @@ def test_tiny_llama_trains(tiny_llama, tmp_path):
     info = run(compose_train(tiny_overrides(tiny_llama, run_dir) + ["trainer.max_steps=6"]), run_dir)
     assert info["pooling"] == "last" and info["global_step"] == 6
     assert (run_dir / "checkpoints" / "last.ckpt").exists()
+
+
+def test_impact_rank_table_travels_with_the_run(tiny_bert, tmp_path):
+    """impact_from_return: the |return| -> impact table is saved with the run and reused by evaluation."""
+    import pandas as pd
+
+    from training.data import build_splits
+    from training.modeling import load_tokenizer, read_meta
+
+    data = tmp_path / "data"
+    data.mkdir()
+    returns = [i / 100 - 0.2 for i in range(40)]
+    pd.DataFrame({"text": [f"$ACME day {i} moves" for i in range(40)], "ret": returns}).to_parquet(
+        data / "train.parquet"
+    )
+    pd.DataFrame({"text": ["$ACME big", "$ACME flat"], "ret": [0.15, 0.0]}).to_parquet(data / "val.parquet")
+    run_dir = tmp_path / "run"
+    overrides = tiny_overrides(tiny_bert, run_dir) + [
+        "data=sample", "~data.sources.sample",
+        f"+data.sources.prices={{root: {data}, splits: {{train: {{path: train.parquet}}, validation: {{path: val.parquet}}}}, "
+        "columns: {text: text}, impact_from_return: ret}",
+        "trainer.max_steps=2", "trainer.max_epochs=-1", "trainer.val_check_interval=2",
+        "checkpoint.monitor=val/impact_spearman",
+    ]  # fmt: skip
+    config = compose_train(overrides)
+    validate_train_config(config)
+    info = run(config, run_dir)
+    table = info["impact_calibration"]["prices"]
+    assert read_meta(run_dir / "adapter")["impact_calibration"]["prices"] == table
+    assert info["best_score"] == info["val_history"][0]["impact_spearman"]
+    # The selection checkpoint holds the weights of the validation that chose it (step 2), not a later step's.
+    assert info["best_checkpoint"].endswith("best-step2.ckpt")
+
+    # Later the training file changes (new rows); evaluation must still map returns as training did.
+    pd.DataFrame({"text": ["x"] * 4, "ret": [0.0, 0.01, 0.02, 0.5]}).to_parquet(data / "train.parquet")
+    tokenizer = load_tokenizer(tiny_bert)
+    saved = build_splits(config.data, config.schema, tokenizer, 48, ["validation"], {"prices": table})
+    fresh = build_splits(config.data, config.schema, tokenizer, 48, ["validation"])
+    assert saved["validation"]["impact"] != fresh["validation"]["impact"]
+    big, flat = saved["validation"]["impact"]
+    assert big == pytest.approx(0.775, abs=0.03) and flat == 0.0  # |0.15| vs |returns| of the 40 rows

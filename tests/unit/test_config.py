@@ -73,3 +73,27 @@ def test_cli_typo_stops_with_one_line(override, tmp_path):
     assert len(lines) == 1, result.stderr
     assert "peft.r" in lines[0] and "Traceback" not in result.stderr
     assert not Path(tmp_path, "run", "run.json").exists()
+
+
+def test_missing_entity_table_is_named(tmp_path):
+    config = compose_train(["data=sentfin"]) if SHARED_DATA.is_dir() else None
+    if config is None:
+        pytest.skip(f"{SHARED_DATA} not present")
+    from training.config import EntityTableConfig
+
+    config.data.sources["sentfin"].entity_table = EntityTableConfig(path="nothere.parquet")
+    with pytest.raises(ConfigError, match=r"data.sources.sentfin.entity_table.path: no file at .*nothere"):
+        validate_train_config(config)
+
+
+def test_sweep_config_composes_with_its_own_trial_folders():
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["sweep=lora_optuna"], return_hydra_config=True)
+    sweeper = cfg.hydra.sweeper
+    assert set(sweeper.params) == {"peft.r", "peft.lora_alpha", "peft.lora_dropout", "optim.lr"}
+    subdir = OmegaConf.to_container(cfg.hydra.sweep, resolve=False)["subdir"]
+    assert str(cfg.hydra.mode).endswith("MULTIRUN") and subdir.startswith("trial-${now:")

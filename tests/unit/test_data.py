@@ -166,3 +166,54 @@ def test_impact_from_return_ranks_against_the_training_rows(tmp_path):
     )
     big, none, small = out["impact"]
     assert big == 1.0 and none < small < big and none <= 0.1
+
+
+def test_entity_table_gives_the_ticker_and_every_name(tmp_path, tokenizer):
+    import pandas as pd
+
+    from training.config import EntityTableConfig
+
+    pd.DataFrame(
+        {"symbol": ["INFY", "HDFCBANK"], "aliases": [["Infosys Ltd.", "Infosys"], ["HDFC Bank", "HDFC"]]}
+    ).to_parquet(tmp_path / "entities.parquet")
+    source = SourceConfig(
+        root=str(tmp_path),
+        columns={"text": "t", "ticker": "e", "ticker_sentiment": "l"},
+        entity_table=EntityTableConfig(path="entities.parquet"),
+    )
+    schema = SchemaConfig(sentiment_labels=["negative", "neutral", "positive"], topics=[])
+    rows = [
+        {"t": "Infosys beats; INFY up", "e": "infosys", "l": "positive"},  # case-insensitive name
+        {"t": "Acme falls", "e": "Acme", "l": "negative"},  # not in the table: kept as annotated
+    ]
+    out = to_canonical(_raw(rows), "s", source, schema)
+    infy, acme = out["entities"][0][0], out["entities"][1][0]
+    assert infy["ticker"] == "INFY" and set(infy["aliases"]) == {"infosys", "Infosys Ltd.", "Infosys"}
+    assert acme == {"ticker": "Acme", "sentiment_score": -1.0, "aliases": []}
+    # Both the name and the symbol are pooled for the entity.
+    enc = encode(out, tokenizer, schema, 32)
+    tokens = tokenizer.convert_ids_to_tokens([enc[0]["input_ids"][i] for i in enc[0]["entity_tokens"][0]])
+    assert "info" in "".join(tokens).lower() and len(tokens) >= 2
+
+
+def test_entity_table_errors_name_the_key(tmp_path):
+    from training.config import EntityTableConfig
+    from training.data import load_entity_table
+
+    source = SourceConfig(root=str(tmp_path), entity_table=EntityTableConfig(path="e.jsonl", ticker="sym"))
+    (tmp_path / "e.jsonl").write_text(json.dumps({"symbol": "X", "aliases": ["x"]}) + "\n")
+    with pytest.raises(ValueError, match="entity_table: column 'sym'"):
+        load_entity_table(source)
+
+
+def test_encoder_applies_url_replacement_before_finding_mentions(tokenizer):
+    schema = SchemaConfig(sentiment_labels=SCALE, topics=[])
+    source = SourceConfig(columns={"text": "t", "ticker": "e", "ticker_sentiment": "l"})
+    rows = [{"t": "News https://t.co/abcdefghij then ACME jumps", "e": "ACME", "l": "positive"}]
+    plain = encode(to_canonical(_raw(rows), "s", source, schema), tokenizer, schema, 64)[0]
+    replaced = encode(to_canonical(_raw(rows), "s", source, schema), tokenizer, schema, 64, "http")[0]
+    assert len(replaced["input_ids"]) < len(plain["input_ids"])
+    mention = [
+        tokenizer.convert_ids_to_tokens(replaced["input_ids"][i]) for i in replaced["entity_tokens"][0]
+    ]
+    assert "".join(mention).replace("#", "").lower() == "acme"

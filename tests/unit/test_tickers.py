@@ -35,3 +35,11 @@ def test_find_mentions_spans_point_at_the_symbol(prefix):
     text = prefix + " $ZZZQ "
     for start, end in find_mentions(text, "ZZZQ"):
         assert text[start:end].lstrip("$") == "ZZZQ"
+
+
+def test_possessives_and_lost_apostrophes_are_mentions():
+    # SEntFiN headlines drop apostrophes ("HULs modern trade"); wires keep them ("Alibaba's").
+    text = "HULs margin; Alibaba's record; BABA\u2019s shares; HULLO is another word"
+    spans = find_mentions(text, "HUL")
+    assert [text[s:e] for s, e in spans] == ["HULs"]
+    assert [text[s:e] for s, e in find_mentions(text, "BABA", ["Alibaba"])] == ["Alibaba's", "BABA\u2019s"]
