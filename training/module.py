@@ -39,8 +39,8 @@ class NewsDataModule(pl.LightningDataModule):
         self.splits: dict[str, Any] = {}
         self.collate = Collator(tokenizer.pad_token_id, len(schema.topics))
 
-    def prepare_data(self) -> None:
-        build_splits(
+    def _build(self) -> dict[str, Any]:
+        return build_splits(
             self.data,
             self.schema,
             self.tokenizer,
@@ -49,11 +49,12 @@ class NewsDataModule(pl.LightningDataModule):
             replace_urls=self.replace_urls,
         )
 
+    def prepare_data(self) -> None:
+        self._build()
+
     def setup(self, stage: str | None = None) -> None:
         if not self.splits:
-            self.splits = build_splits(
-                self.data, self.schema, self.tokenizer, self.max_length, calibrations=self.calibrations
-            )
+            self.splits = self._build()
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
         dataset = self.splits[split]

@@ -102,3 +102,23 @@ def test_impact_rank_table_travels_with_the_run(tiny_bert, tmp_path):
     assert saved["validation"]["impact"] != fresh["validation"]["impact"]
     big, flat = saved["validation"]["impact"]
     assert big == pytest.approx(0.775, abs=0.03) and flat == 0.0  # |0.15| vs |returns| of the 40 rows
+
+
+def test_data_module_applies_the_model_url_replacement(tiny_bert, tmp_path):
+    from tests.conftest import write_jsonl
+    from training.config import DataConfig, SchemaConfig, SourceConfig, SplitConfig
+    from training.modeling import load_tokenizer
+    from training.module import NewsDataModule
+
+    rows = [{"text": "ACME cuts guidance https://t.co/bd0xbFGjkT", "sentiment": "negative"}]
+    write_jsonl(tmp_path / "train.jsonl", rows)
+    source = SourceConfig(root=str(tmp_path), splits={"train": SplitConfig("train.jsonl")},
+                          columns={"text": "text", "sentiment": "sentiment"})  # fmt: skip
+    data = DataConfig(sources={"s": source})
+    tokenizer = load_tokenizer(tiny_bert)
+    lengths = {}
+    for replace in (None, "http"):
+        module = NewsDataModule(data, SchemaConfig(), tokenizer, 64, replace_urls=replace)
+        module.setup("fit")
+        lengths[replace] = len(module.splits["train"][0]["input_ids"])
+    assert lengths["http"] < lengths[None] - 5
