@@ -207,8 +207,10 @@ def _fmt(value: float | None) -> str:
 
 def markdown(results: list[dict[str, Any]], info: dict[str, Any]) -> str:
     lines = [
-        f"Machine: {info['machine']}. Command: `{info['command']}` ({info['minutes']:.0f} min in all; each "
-        f"training bounded at {info['max_minutes']} min). Every row of ours is the CPU default backbone "
+        f"Machine: {info['machine']}. Made by `python scripts/bench_quality.py` (all experiments, ~1 h; "
+        f"latest run: `{info['command']}`), each training bounded at {info['max_minutes']} min; the train "
+        "wall column is the training command's wall time (`trainer.fit`'s for rows evaluated with "
+        "--skip-train). Every row of ours is the CPU default backbone "
         "(packaged all-MiniLM-L6-v2, 22 M parameters) with LoRA r=16, trained by the experiment named, "
         "exported from its best checkpoint and evaluated by `training.evaluate`. Published rows are quoted "
         "from the dataset's SOURCE.md, not re-run; where their split differs it says so.",
