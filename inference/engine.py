@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from inference.attention import use_cpu_attention
 from training.modeling import HEADS_FILE, META_FILE, load_tokenizer, load_trained, read_meta
 from training.text import normalize
 from training.tickers import extract_tickers, find_mentions, spans_to_tokens
@@ -55,7 +56,15 @@ def model_fingerprint(model_dir: str | Path) -> str:
 class Runner:
     """One forward pass over a padded batch, with PyTorch or onnxruntime."""
 
-    def __init__(self, model_dir: str, device: str, precision: str, compile: bool, use_onnx: bool):
+    def __init__(
+        self,
+        model_dir: str,
+        device: str,
+        precision: str,
+        compile: bool,
+        use_onnx: bool,
+        attention: str = "auto",
+    ):
         self.device = torch.device(device)
         self.precision = precision
         self.session = None
@@ -74,6 +83,12 @@ class Runner:
             # weight on every call. Heads stay fp32 (the model casts hidden states to their dtype).
             model.backbone.to(torch.bfloat16 if precision == "bf16" else torch.float16)
         self.model = model.to(self.device).eval()
+        # bmm -> softmax -> bmm per sequence: ~7 % faster than the fused SDPA kernel at 128-token bf16
+        # chunks on the CPU box (inference/attention.py; the same within 3e-7 in fp32).
+        wanted = attention == "bmm" or (
+            attention == "auto" and self.device.type == "cpu" and precision == "bf16"
+        )
+        self.attention = "bmm" if wanted and use_cpu_attention(model.backbone) else "sdpa"
         if compile:
             self.model = torch.compile(self.model)  # type: ignore[assignment]
 
@@ -123,8 +138,10 @@ class Scorer:
         device: str = "cpu",
         precision: str = "fp32",
         compile: bool = False,
-        batch_tokens: int = 16384,
+        batch_tokens: int | None = None,
         max_batch_size: int = 256,
+        pad_to_multiple_of: int = 16,
+        attention: str = "auto",
         max_chunks: int = 16,
         stride: int | None = None,
         impact_aggregation: str = "max",
@@ -143,10 +160,14 @@ class Scorer:
         )
         self.tokenizer = load_tokenizer(model_dir)
         use_onnx = self.meta.get("format") == "onnx"
-        self.runner = Runner(model_dir, device, precision, compile, use_onnx)
-        self.pin = self.runner.device.type == "cuda"
-        self.batch_tokens = batch_tokens
+        self.runner = Runner(model_dir, device, precision, compile, use_onnx, attention)
+        on_gpu = torch.device(device).type == "cuda"
+        self.pin = on_gpu
+        # Token budget per forward pass. On CPU 4,096 keeps a batch's activations cache- and heap-friendly
+        # (faster than 16,384 on the CPU box, docs/BENCHMARKS.md); a GPU wants big batches.
+        self.batch_tokens = batch_tokens or (16384 if on_gpu else 4096)
         self.max_batch_size = max_batch_size
+        self.pad_to_multiple_of = max(1, pad_to_multiple_of)
         self.max_chunks = max_chunks
         self.impact_aggregation = impact_aggregation
         self.topic_threshold = topic_threshold
@@ -189,36 +210,52 @@ class Scorer:
             tokens += len(enc["input_ids"][c])
         return chunks, tickers, tokens
 
+    def padded_length(self, n: int) -> int:
+        """Batch length for a longest chunk of n tokens: rounded up to ``pad_to_multiple_of``.
+
+        Few distinct shapes matter on CPU: the backend keeps state per input shape (measured: forward
+        passes of arbitrary shapes grow the allocated memory with every new shape, bucketed ones do
+        not; docs/BENCHMARKS.md), so exact-length batches grow memory with the corpus.
+        """
+        m = self.pad_to_multiple_of
+        return max(n, min(-(-n // m) * m, self.max_length))
+
+    def full_batch(self, length: int) -> int:
+        """Rows in a full batch of that padded length."""
+        return max(1, min(self.max_batch_size, self.batch_tokens // length))
+
     def batches(self, chunks: list[Chunk]) -> Iterator[list[int]]:
         """Chunk indices packed into batches under the token budget, longest first."""
         order = sorted(range(len(chunks)), key=lambda i: len(chunks[i].input_ids), reverse=True)
         batch: list[int] = []
-        longest = 0
+        length = 0
         for i in order:
-            n = len(chunks[i].input_ids)
-            if batch and (
-                max(longest, n) * (len(batch) + 1) > self.batch_tokens or len(batch) >= self.max_batch_size
-            ):
+            if not batch:
+                length = self.padded_length(len(chunks[i].input_ids))
+            elif len(batch) >= self.full_batch(length):
                 yield batch
-                batch, longest = [], 0
+                batch, length = [], self.padded_length(len(chunks[i].input_ids))
             batch.append(i)
-            longest = max(longest, n)
         if batch:
             yield batch
 
     def _tensors(
         self, chunks: list[Chunk]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[list[int]]]:
-        length = max(len(c.input_ids) for c in chunks)
+        length = self.padded_length(max(len(c.input_ids) for c in chunks))
+        # A short last batch is topped up to a power of two rows (copies of its first row, whose outputs
+        # are ignored) so that the set of batch shapes stays small; see padded_length.
+        rows = min(1 << (len(chunks) - 1).bit_length(), max(self.full_batch(length), len(chunks)))
+        chunks = list(chunks) + [chunks[0]] * (rows - len(chunks))
         pad = self.tokenizer.pad_token_id
         left = self.tokenizer.padding_side == "left"
         ids = torch.full((len(chunks), length), pad, dtype=torch.long)
         mask = torch.zeros((len(chunks), length), dtype=torch.long)
         # Only tickers mentioned in a chunk get a slot in it: slot lists map slots back to tickers.
         slots = [[t for t, toks in enumerate(c.entity_tokens) if toks] for c in chunks]
-        entity_mask = torch.zeros(
-            (len(chunks), max((len(s) for s in slots), default=0), length), dtype=torch.bool
-        )
+        n_slots = max((len(s) for s in slots), default=0)
+        n_slots = 1 << (n_slots - 1).bit_length() if n_slots else 0  # a power of two: few shapes again
+        entity_mask = torch.zeros((len(chunks), n_slots, length), dtype=torch.bool)
         for b, chunk in enumerate(chunks):
             n = len(chunk.input_ids)
             shift = length - n if left else 0

@@ -49,8 +49,10 @@ class InferenceOptions:
     keep_columns: list[str] = field(default_factory=list)
     unit_rows: int = 5000
     window: int = 1024  # articles tokenized and length-sorted together
-    batch_tokens: int = 16384
+    batch_tokens: int | None = None  # padded tokens per forward pass; None: 4,096 on CPU, 16,384 on GPU
     max_batch_size: int = 256
+    pad_to_multiple_of: int = 16  # batch lengths rounded up to this: few shapes keep CPU memory flat
+    attention: str = "auto"  # auto (bmm on CPU in bf16, else SDPA) | sdpa | bmm
     precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16: GPU only)
     device: str = "auto"  # auto | cpu | cuda
     compile: bool = False
@@ -104,10 +106,12 @@ def validate_score_config(config: ScoreConfig) -> list[str]:
     opts = config.inference
     if opts.precision not in ("fp32", "bf16", "fp16"):
         problems.append(f"inference.precision='{opts.precision}' must be fp32, bf16 or fp16")
+    if opts.attention not in ("auto", "sdpa", "bmm"):
+        problems.append(f"inference.attention='{opts.attention}' must be auto, sdpa or bmm")
     if opts.impact_aggregation not in ("max", "mean"):
         problems.append(f"inference.impact_aggregation='{opts.impact_aggregation}' must be max or mean")
-    for key in ("unit_rows", "window", "batch_tokens", "max_batch_size", "max_chunks"):
-        if getattr(opts, key) < 1:
+    for key in ("unit_rows", "window", "batch_tokens", "max_batch_size", "max_chunks", "pad_to_multiple_of"):
+        if getattr(opts, key) is not None and getattr(opts, key) < 1:
             problems.append(f"inference.{key} must be >= 1")
     if opts.max_error_rate is not None and not 0 <= opts.max_error_rate <= 1:
         problems.append("inference.max_error_rate must be in [0, 1] or null")
@@ -179,6 +183,8 @@ def job_identity(config: ScoreConfig, files: list[str]) -> dict[str, Any]:
         "window",
         "batch_tokens",
         "max_batch_size",
+        "pad_to_multiple_of",
+        "attention",
         "max_error_rate",
         "dist_timeout_s",
     ):
@@ -257,7 +263,11 @@ def _error(unit: Unit, number: int, reason: str, raw: Any) -> dict[str, Any]:
 
 
 def _windows(unit: Unit, opts: InferenceOptions, errors: list[dict[str, Any]]) -> Iterator[list[Article]]:
+    """Articles of a unit in windows of ``opts.window``; the first is an eighth of that, so the model
+    starts after tokenizing a few articles instead of a whole window (later windows are tokenized in
+    the background while the model runs)."""
     window: list[Article] = []
+    size = max(1, opts.window // 8)
     for number, row in read_range(unit.path, unit.start, unit.end):
         if isinstance(row, BadRow):
             errors.append(_error(unit, number, row.reason, row.raw))
@@ -267,9 +277,9 @@ def _windows(unit: Unit, opts: InferenceOptions, errors: list[dict[str, Any]]) -
             errors.append(_error(unit, number, article, row))
             continue
         window.append(article)
-        if len(window) >= opts.window:
+        if len(window) >= size:
             yield window
-            window = []
+            window, size = [], opts.window
     if window:
         yield window
 
@@ -498,6 +508,8 @@ def run(config: ScoreConfig, files: list[str]) -> dict[str, Any]:
                 compile=opts.compile,
                 batch_tokens=opts.batch_tokens,
                 max_batch_size=opts.max_batch_size,
+                pad_to_multiple_of=opts.pad_to_multiple_of,
+                attention=opts.attention,
                 max_chunks=opts.max_chunks,
                 stride=opts.stride,
                 impact_aggregation=opts.impact_aggregation,

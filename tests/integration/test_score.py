@@ -179,7 +179,8 @@ def test_parts_stream_window_by_window(exported, tmp_path):
     src = write_jsonl(tmp_path / "in.jsonl", rows)
     _score(exported["merged"], str(src), tmp_path / "out", unit_rows=10, window=4, keep_columns=["n", "meta"])
     part = pq.ParquetFile(tmp_path / "out" / "part-00000-00000.parquet")
-    assert part.metadata.num_rows == 10 and part.metadata.num_row_groups == 3  # windows of 4, 4, 2
+    # windows of 1 (the first is window // 8, so the model starts early), 4, 4 and 1
+    assert part.metadata.num_rows == 10 and part.metadata.num_row_groups == 4
     df = _read(tmp_path / "out").set_index("id")
     assert (
         df.loc["w7", "n"] == 7
@@ -208,3 +209,66 @@ def test_model_url_normalisation_is_applied_when_scoring(exported, tmp_path):
     assert norm.loc["a", "sentiment_score"] == pytest.approx(norm.loc["b", "sentiment_score"], abs=1e-6)
     assert norm.loc["a", "tickers"][0]["ticker"] == "ACME"
     assert abs(raw.loc["a", "sentiment_score"] - raw.loc["b", "sentiment_score"]) > 1e-6
+
+
+def _varied_articles(n):
+    import random
+
+    from inference.engine import Article
+
+    rng = random.Random(0)
+    words = [
+        "Acme",
+        "($ACME)",
+        "shares",
+        "rose",
+        "after",
+        "results",
+        "beat",
+        "estimates",
+        "while",
+        "guidance",
+        "was",
+        "cut",
+    ]
+    return [Article(f"a{i}", " ".join(rng.choices(words, k=rng.randint(3, 400)))) for i in range(n)]
+
+
+def test_batches_come_in_few_shapes_and_padding_does_not_change_scores(exported):
+    """Bucketed batch shapes (CPU memory stays flat with them) give the same scores as exact padding."""
+    from inference.engine import Scorer
+
+    articles = _varied_articles(120)
+    bucketed = Scorer(str(exported["merged"]), batch_tokens=512, pad_to_multiple_of=16)
+    shapes = set()
+    runner = bucketed.runner
+
+    def recording(ids, mask, entity_mask):
+        shapes.add(tuple(ids.shape))
+        return runner(ids, mask, entity_mask)
+
+    bucketed.runner = recording  # type: ignore[assignment]
+    got = bucketed.score(articles)
+    lengths = {length for _, length in shapes}
+    assert all(length % 16 == 0 or length == bucketed.max_length for length in lengths)
+    for rows, length in shapes:
+        full = bucketed.full_batch(length)
+        assert rows * length <= 512 or rows == 1
+        assert rows == full or rows & (rows - 1) == 0  # a full batch, or a short one topped up to 2^k
+    exact = Scorer(str(exported["merged"]), batch_tokens=512, pad_to_multiple_of=1).score(articles)
+    for a, b in zip(got, exact):
+        assert a["id"] == b["id"] and a["n_chunks"] == b["n_chunks"]
+        assert a["sentiment_score"] == pytest.approx(b["sentiment_score"], abs=1e-5)
+        assert a["impact"] == pytest.approx(b["impact"], abs=1e-5)
+        assert a["sentiment_probs"] == pytest.approx(b["sentiment_probs"], abs=1e-5)
+        for ta, tb in zip(a["tickers"], b["tickers"]):
+            assert ta["ticker"] == tb["ticker"]
+            if tb["sentiment_score"] is not None:
+                assert ta["sentiment_score"] == pytest.approx(tb["sentiment_score"], abs=1e-5)
+
+
+def test_batch_tokens_default_depends_on_the_device(exported):
+    from inference.engine import Scorer
+
+    assert Scorer(str(exported["merged"])).batch_tokens == 4096
+    assert Scorer(str(exported["merged"]), batch_tokens=1000).batch_tokens == 1000
