@@ -4,8 +4,10 @@
     python scripts/bench_training.py --steps 100 --precision bf16 --rows 4096
 
 Same backbone (the packaged MiniLM), same LoRA (r=16 on every linear layer), same rows, batch size,
-max length and precision; each side runs in its own process. Reported: samples/s over the training
-loop (data preparation excluded on both sides) and peak RSS of the process.
+max length and precision; each side runs in its own process. Reported: samples/s over the whole
+training call (``trainer.fit`` / ``Trainer.train()``: data-loader and optimizer set-up included,
+tokenization excluded on both sides), steady-state samples/s over the steps after the first
+``--warmup-steps`` (timestamps taken at the end of every optimizer step on both sides), and peak RSS.
 """
 
 from __future__ import annotations
@@ -43,7 +45,9 @@ def make_rows(path: Path, n: int) -> str:
     return "source"
 
 
-def phase_ours(data_dir: str, steps: int, batch: int, max_length: int, precision: str) -> dict:
+def phase_ours(
+    data_dir: str, steps: int, batch: int, max_length: int, precision: str, extra: list[str] = ()
+) -> dict:
     from hydra import compose, initialize_config_dir
 
     from training.config import TrainConfig, load_config
@@ -57,6 +61,7 @@ def phase_ours(data_dir: str, steps: int, batch: int, max_length: int, precision
         f"trainer.max_steps={steps}", "trainer.max_epochs=-1", f"trainer.precision={precision}",
         "trainer.enable_progress_bar=false", "trainer.limit_val_batches=0", "loggers=[]",
         "checkpoint.every_n_train_steps=null", "schema.sentiment_labels=[negative,neutral,positive]",
+        *extra,
     ]  # fmt: skip
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
         config = load_config(compose(config_name="train", overrides=overrides), TrainConfig)
@@ -67,11 +72,17 @@ def phase_ours(data_dir: str, steps: int, batch: int, max_length: int, precision
     build_splits(
         config.data, config.schema, load_tokenizer(config.model.pretrained_model_name_or_path), max_length
     )
+    # Step timestamps from a hook of the module class (the entry point builds its own Trainer).
+    from training.module import NewsImpactModule
+
+    stamps: list[float] = []
+    NewsImpactModule.on_train_batch_end = lambda self, *a, **k: stamps.append(time.perf_counter())  # type: ignore[method-assign]
     info = run(config, run_dir)
     return {
         "steps": info["global_step"],
         "seconds": info["train_seconds"],
         "samples": info["global_step"] * batch,
+        "stamps": stamps,
     }
 
 
@@ -84,6 +95,7 @@ def phase_hf(data_dir: str, steps: int, batch: int, max_length: int, precision: 
         AutoTokenizer,
         DataCollatorWithPadding,
         Trainer,
+        TrainerCallback,
         TrainingArguments,
     )
 
@@ -111,13 +123,20 @@ def phase_hf(data_dir: str, steps: int, batch: int, max_length: int, precision: 
         learning_rate=1e-3, logging_steps=10**9, save_strategy="no", report_to=[], use_cpu=True,
         bf16=precision.startswith("bf16"), dataloader_num_workers=0, train_sampling_strategy="group_by_length", disable_tqdm=True,
     )  # fmt: skip
+    stamps: list[float] = []
+
+    class Stamp(TrainerCallback):
+        def on_step_end(self, *args, **kwargs):
+            stamps.append(time.perf_counter())
+
     trainer = Trainer(
-        model=model, args=args, train_dataset=ds, data_collator=DataCollatorWithPadding(tokenizer)
-    )
+        model=model, args=args, train_dataset=ds, data_collator=DataCollatorWithPadding(tokenizer),
+        callbacks=[Stamp()],
+    )  # fmt: skip
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
-    return {"steps": steps, "seconds": seconds, "samples": steps * batch}
+    return {"steps": steps, "seconds": seconds, "samples": steps * batch, "stamps": stamps}
 
 
 def _child(args: list[str]) -> dict:
@@ -136,14 +155,24 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--rows", type=int, default=4096)
     parser.add_argument("--precision", default="32-true", help="Lightning name: 32-true or bf16-mixed")
+    parser.add_argument("--warmup-steps", type=int, default=10, help="steps left out of the steady rate")
     parser.add_argument("--report", default=str(REPO / "docs" / "bench_training.json"))
+    parser.add_argument(
+        "--ours-arg",
+        action="append",
+        default=[],
+        help="extra training override for our side, e.g. data.pad_to_multiple_of=1",
+    )
     parser.add_argument("--phase", choices=["ours", "hf"], help=argparse.SUPPRESS)
     parser.add_argument("--data-dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
     common = (args.data_dir, args.steps, args.batch_size, args.max_length, args.precision)
     if args.phase:
-        stats = (phase_ours if args.phase == "ours" else phase_hf)(*common)
+        stats = phase_ours(*common, args.ours_arg) if args.phase == "ours" else phase_hf(*common)
         stats["samples_per_s"] = stats["samples"] / stats["seconds"]
+        stamps = stats.pop("stamps")
+        w = min(args.warmup_steps, len(stamps) - 2)
+        stats["steady_samples_per_s"] = (len(stamps) - 1 - w) * args.batch_size / (stamps[-1] - stamps[w])
         stats["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(stats))
         return
@@ -154,10 +183,13 @@ def main() -> None:
         report = {
             "command": " ".join([Path(sys.executable).name, *sys.argv]),
             "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
-            "ours": _child([*flags, "--phase", "ours"]),
+            "ours": _child([*flags, "--phase", "ours", *[f"--ours-arg={a}" for a in args.ours_arg]]),
             "hf_trainer": _child([*flags, "--phase", "hf"]),
         }
     report["throughput_ratio"] = report["ours"]["samples_per_s"] / report["hf_trainer"]["samples_per_s"]
+    report["steady_throughput_ratio"] = (
+        report["ours"]["steady_samples_per_s"] / report["hf_trainer"]["steady_samples_per_s"]
+    )
     report["memory_ratio"] = report["ours"]["peak_rss_mb"] / report["hf_trainer"]["peak_rss_mb"]
     Path(args.report).write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))

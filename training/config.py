@@ -138,6 +138,9 @@ class DataConfig:
     batch_size: int = 16
     eval_batch_size: int = 64
     group_by_length: bool = True  # batches of similar length (less padding), still in random order
+    # Batch lengths rounded up to a multiple: few distinct shapes, so the CPU backend's per-shape state
+    # stays small (less memory, faster steps; docs/BENCHMARKS.md) and GPU kernels get aligned sizes.
+    pad_to_multiple_of: int = 8
     num_workers: int = 0
     seed: int = 13
 
@@ -150,6 +153,7 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     scheduler: str = "linear"  # transformers.get_scheduler name: linear | cosine | constant_with_warmup
     warmup_ratio: float = 0.06
+    foreach: bool = True  # multi-tensor AdamW (fewer kernel launches; false: the per-tensor loop)
 
 
 @dataclass

@@ -422,13 +422,15 @@ class Collator:
     masks them. Ticker mentions become ``entity_mask[b, e, t]`` (E = most entities in any row).
     """
 
-    def __init__(self, pad_token_id: int, n_topics: int):
+    def __init__(self, pad_token_id: int, n_topics: int, pad_to_multiple_of: int = 1):
         self.pad_token_id = pad_token_id
         self.n_topics = n_topics
+        self.pad_to_multiple_of = max(1, pad_to_multiple_of)
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         batch_size = len(rows)
         length = max(len(r["input_ids"]) for r in rows)
+        length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
         n_entities = max((len(r.get("entity_tokens") or []) for r in rows), default=0)
         input_ids = torch.full((batch_size, length), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((batch_size, length), dtype=torch.long)

@@ -37,7 +37,7 @@ class NewsDataModule(pl.LightningDataModule):
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.splits: dict[str, Any] = {}
-        self.collate = Collator(tokenizer.pad_token_id, len(schema.topics))
+        self.collate = Collator(tokenizer.pad_token_id, len(schema.topics), data.pad_to_multiple_of)
 
     def _build(self) -> dict[str, Any]:
         return build_splits(
@@ -226,11 +226,15 @@ class NewsImpactModule(pl.LightningModule):
         heads = [p for p in self.model.heads.parameters() if p.requires_grad]
         head_ids = {id(p) for p in heads}
         body = [p for p in self.model.parameters() if p.requires_grad and id(p) not in head_ids]
-        optimizer = torch.optim.AdamW(
-            [{"params": body, "lr": self.optim.lr}, {"params": heads, "lr": self.optim.head_lr}],
-            weight_decay=self.optim.weight_decay,
-            betas=tuple(self.optim.betas),  # type: ignore[arg-type]
-        )
+        groups = [{"params": body, "lr": self.optim.lr}, {"params": heads, "lr": self.optim.head_lr}]
+        kwargs: dict[str, Any] = {
+            "weight_decay": self.optim.weight_decay,
+            "betas": tuple(self.optim.betas),
+        }
+        # Multi-tensor AdamW: a few kernels per step instead of a Python loop over ~100 LoRA tensors (the
+        # loop was ~15 ms of a ~300 ms CPU step, docs/BENCHMARKS.md). (fused=True would be faster still,
+        # but Lightning refuses gradient clipping with fused optimizers.)
+        optimizer = torch.optim.AdamW(groups, foreach=self.optim.foreach, **kwargs)
         total = int(self.trainer.estimated_stepping_batches)
         scheduler = get_scheduler(
             self.optim.scheduler,

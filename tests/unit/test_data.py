@@ -125,6 +125,10 @@ def test_collator_pads_and_marks_missing_targets(tokenizer):
     assert batch["entity_mask"].shape == (2, 2, 3) and batch["entity_mask"][0, 1, 2]
     assert torch.isnan(batch["entity_scores"][1]).all() and torch.isnan(batch["topic_targets"][1]).all()
     assert torch.isnan(batch["impact"][0]) and batch["impact"][1] == pytest.approx(0.3)
+    bucketed = Collator(tokenizer.pad_token_id, n_topics=2, pad_to_multiple_of=8)(rows)
+    assert bucketed["input_ids"].shape == (2, 8) and bucketed["entity_mask"].shape == (2, 2, 8)
+    assert bucketed["attention_mask"][0].tolist() == [1, 1, 1, 0, 0, 0, 0, 0]
+    assert (bucketed["input_ids"][:, 3:] == tokenizer.pad_token_id).all()
 
 
 def test_weights_repeat_or_subsample():
