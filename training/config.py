@@ -154,6 +154,9 @@ class OptimConfig:
     scheduler: str = "linear"  # transformers.get_scheduler name: linear | cosine | constant_with_warmup
     warmup_ratio: float = 0.06
     foreach: bool = True  # multi-tensor AdamW (fewer kernel launches; false: the per-tensor loop)
+    # Exponential moving average of the trainable weights (e.g. 0.99); validation, checkpoint selection
+    # and export use the average, training continues from the raw weights. null: off.
+    ema_decay: float | None = None
 
 
 @dataclass
@@ -163,8 +166,11 @@ class LossConfig:
     impact: float = 1.0
     topics: float = 1.0
     tickers: float = 1.0
-    # balanced: weight sentiment classes by inverse training frequency (helps macro-F1 on skewed sets)
+    # balanced: weight sentiment classes by inverse training frequency (helps macro-F1 on skewed sets);
+    # sqrt_balanced: by its square root (a milder push towards the rare classes)
     sentiment_class_weights: str | None = None
+    # cross-entropy label smoothing of the sentiment head (0 = off)
+    sentiment_label_smoothing: float = 0.0
 
 
 @dataclass
@@ -339,9 +345,16 @@ def validate_train_config(config: TrainConfig) -> None:
         problems.append("no data source has a 'train' split")
     if config.data.batch_size < 1:
         problems.append(f"data.batch_size={config.data.batch_size} must be >= 1")
-    if config.loss.sentiment_class_weights not in (None, "balanced"):
+    if config.optim.ema_decay is not None and not 0.0 < config.optim.ema_decay < 1.0:
+        problems.append(f"optim.ema_decay={config.optim.ema_decay} must be in (0, 1) or null")
+    if config.loss.sentiment_class_weights not in (None, "balanced", "sqrt_balanced"):
         problems.append(
-            f"loss.sentiment_class_weights='{config.loss.sentiment_class_weights}' must be balanced or null"
+            f"loss.sentiment_class_weights='{config.loss.sentiment_class_weights}' must be balanced, "
+            "sqrt_balanced or null"
+        )
+    if not 0.0 <= config.loss.sentiment_label_smoothing < 1.0:
+        problems.append(
+            f"loss.sentiment_label_smoothing={config.loss.sentiment_label_smoothing} must be in [0, 1)"
         )
     for head in HEADS:
         if getattr(config.loss, head) < 0:

@@ -119,13 +119,15 @@ class NewsImpactModel(nn.Module):
         return out
 
 
-def balanced_class_weights(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
-    """Inverse-frequency class weights (mean 1 over present classes); absent classes get weight 0."""
+def balanced_class_weights(labels: torch.Tensor, n_classes: int, power: float = 1.0) -> torch.Tensor:
+    """Inverse-frequency class weights to ``power`` (1: balanced, 0.5: square root), mean 1 over the
+    present classes; absent classes get weight 0."""
     labels = labels[labels >= 0]
     counts = torch.bincount(labels, minlength=n_classes).float()
     present = counts > 0
     weights = torch.zeros(n_classes)
-    weights[present] = counts[present].sum() / (present.sum() * counts[present])
+    weights[present] = (counts[present].sum() / counts[present]) ** power
+    weights[present] /= weights[present].mean()
     return weights
 
 
@@ -149,7 +151,13 @@ def compute_losses(
     target = batch["sentiment_id"]
     valid = target != -100
     logits = out["sentiment_logits"]
-    losses["sentiment"] = F.cross_entropy(logits[valid], target[valid]) if valid.any() else logits.sum() * 0.0
+    if valid.any():
+        weight = None if class_weights is None else class_weights.to(logits.dtype)
+        losses["sentiment"] = F.cross_entropy(
+            logits[valid], target[valid], weight=weight, label_smoothing=weights.sentiment_label_smoothing
+        )
+    else:
+        losses["sentiment"] = logits.sum() * 0.0
     for key, pred in (("sentiment_score", out["sentiment_score"]), ("impact", out["impact_logits"])):
         y = batch[key]
         mask = ~torch.isnan(y)

@@ -80,11 +80,11 @@ class NewsDataModule(pl.LightningDataModule):
             return []
         return self._loader("validation", self.data.eval_batch_size, shuffle=False)
 
-    def class_weights(self) -> torch.Tensor:
-        """Balanced sentiment class weights from the training split."""
+    def class_weights(self, power: float = 1.0) -> torch.Tensor:
+        """Inverse-frequency sentiment class weights (to ``power``) from the training split."""
         self.setup("fit")
         labels = torch.tensor(self.splits["train"]["sentiment_id"])
-        return balanced_class_weights(labels, len(self.schema.sentiment_labels))
+        return balanced_class_weights(labels, len(self.schema.sentiment_labels), power)
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", self.data.eval_batch_size, shuffle=False)
@@ -193,6 +193,8 @@ class NewsImpactModule(pl.LightningModule):
         self.last_val_metrics: dict[str, float] = {}
         # Every validation of this process: {"step": n, metric: value}; the best is a sweep's objective.
         self.val_history: list[dict[str, float]] = []
+        self._ema: list[torch.Tensor] | None = None  # optim.ema_decay: the averaged trainable weights
+        self._ema_from_checkpoint: dict[str, torch.Tensor] | None = None
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return self.model(batch["input_ids"], batch["attention_mask"], batch.get("entity_mask"))
@@ -219,6 +221,7 @@ class NewsImpactModule(pl.LightningModule):
         # Already reduced across ranks by torchmetrics; logging on every rank keeps checkpoint monitors in step.
         for key, value in metrics.items():
             self.log(f"val/{key}", value, prog_bar=key == "sentiment_f1_macro")
+        self._swap_ema()  # back to the raw weights for training
 
     def configure_optimizers(self) -> Any:
         from transformers import get_scheduler
@@ -244,5 +247,57 @@ class NewsImpactModule(pl.LightningModule):
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    # --- exponential moving average of the trainable weights (optim.ema_decay) -------------------------
+
+    def _trainable(self) -> list[torch.Tensor]:
+        return [p.detach() for p in self.parameters() if p.requires_grad]
+
+    def on_fit_start(self) -> None:
+        if self.optim.ema_decay is None or self._ema is not None:
+            return
+        if self._ema_from_checkpoint is not None:  # resumed: the average saved with the checkpoint
+            names = [n for n, p in self.named_parameters() if p.requires_grad]
+            self._ema = [self._ema_from_checkpoint[n].to(self.device).clone() for n in names]
+            self._ema_from_checkpoint = None
+        else:
+            self._ema = [p.clone() for p in self._trainable()]
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        if self._ema is not None and self.optim.ema_decay is not None:
+            # Warm-up: early averages would otherwise be dominated by the random initial heads.
+            step = self.trainer.global_step
+            decay = min(self.optim.ema_decay, (1 + step) / (10 + step))
+            torch._foreach_lerp_(self._ema, self._trainable(), 1.0 - decay)
+
+    def _swap_ema(self) -> None:
+        if self._ema is None:
+            return
+        with torch.no_grad():
+            for average, param in zip(self._ema, self._trainable()):
+                held = param.clone()
+                param.copy_(average)
+                average.copy_(held)
+
+    def on_validation_epoch_start(self) -> None:
+        self._swap_ema()  # validate the average (and select checkpoints on it)
+
+    def on_train_end(self) -> None:
+        self._swap_ema()  # the run's adapter/ holds the average
+        self._ema = None
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["state_dict"] = trainable_state_dict(self, prefix="")
+        if self._ema is not None:
+            # state_dict (what export and evaluation load) holds the average; resume needs the raw weights too.
+            checkpoint["raw_state_dict"] = {k: v.clone() for k, v in checkpoint["state_dict"].items()}
+            self._swap_ema()
+            checkpoint["state_dict"] = {
+                k: v.clone() for k, v in trainable_state_dict(self, prefix="").items()
+            }
+            self._swap_ema()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "raw_state_dict" in checkpoint:
+            self._ema_from_checkpoint = checkpoint["state_dict"]
+            checkpoint["state_dict"] = checkpoint["raw_state_dict"]

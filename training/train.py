@@ -167,7 +167,12 @@ def run(config: TrainConfig, run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         config.model.replace_urls,
     )
     model = build_model(config.model, config.peft, schema)
-    class_weights = datamodule.class_weights() if config.loss.sentiment_class_weights == "balanced" else None
+    powers = {"balanced": 1.0, "sqrt_balanced": 0.5}
+    class_weights = (
+        datamodule.class_weights(powers[config.loss.sentiment_class_weights])
+        if config.loss.sentiment_class_weights in powers
+        else None
+    )
     module = NewsImpactModule(model, config.optim, config.loss, class_weights)
     trainer = build_trainer(config, run_path)
 

@@ -122,3 +122,29 @@ def test_data_module_applies_the_model_url_replacement(tiny_bert, tmp_path):
         module.setup("fit")
         lengths[replace] = len(module.splits["train"][0]["input_ids"])
     assert lengths["http"] < lengths[None] - 5
+
+
+def test_ema_run_exports_the_average_and_resumes(tiny_bert, tmp_path):
+    from safetensors.torch import load_file
+
+    run_dir = tmp_path / "run"
+    base = tiny_overrides(tiny_bert, run_dir) + [
+        "checkpoint.every_n_train_steps=4",
+        "trainer.max_epochs=-1",
+        "optim.ema_decay=0.9",
+        "optim.lr=5e-3",
+    ]
+    config = compose_train(base + ["trainer.max_steps=8"])
+    validate_train_config(config)
+    run(config, run_dir)
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    average, raw = ckpt["state_dict"], ckpt["raw_state_dict"]
+    assert average.keys() == raw.keys()
+    assert any(not torch.equal(average[k], raw[k]) for k in average)
+    heads = load_file(str(run_dir / "adapter" / "heads.safetensors"))
+    for name, value in heads.items():
+        # the run's adapter is the average
+        assert torch.allclose(value, average[f"model.heads.{name}"].float())
+    second = run(compose_train(base + ["trainer.max_steps=12", "resume=true"]), run_dir)
+    assert second["global_step"] == 12
+    assert "raw_state_dict" in torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)

@@ -89,3 +89,81 @@ def test_loss_masks_heads_without_labels(tiny_bert):
     # Only row 0 has a sentiment label: its loss equals the plain cross-entropy of that row.
     ce = torch.nn.functional.cross_entropy(out["sentiment_logits"][:1], torch.tensor([2]))
     assert torch.allclose(losses["sentiment"], ce)
+
+
+def _sentiment_only_batch(labels):
+    n = len(labels)
+    return {
+        "sentiment_id": torch.tensor(labels),
+        "sentiment_score": torch.full((n,), float("nan")),
+        "impact": torch.full((n,), float("nan")),
+        "topic_targets": torch.full((n, 3), float("nan")),
+        "entity_scores": torch.zeros(n, 0),
+    }
+
+
+def test_class_weights_and_label_smoothing_reach_the_sentiment_loss():
+    from training.modeling import balanced_class_weights
+
+    labels = torch.tensor([0, 1, 1, 1, 1, 1, 1, 2, 2, -100])  # 1 : 6 : 2, one unlabelled row
+    full = balanced_class_weights(labels, 3)
+    assert torch.allclose(full, torch.tensor([6.0, 1.0, 3.0]) / (10 / 3))  # inverse frequency, mean 1
+    sqrt = balanced_class_weights(labels, 3, power=0.5)
+    assert torch.isclose(sqrt.mean(), torch.tensor(1.0)) and sqrt[0] / sqrt[1] == pytest.approx(6**0.5)
+    assert balanced_class_weights(torch.tensor([0, 0, 2]), 3)[1] == 0  # absent class
+
+    torch.manual_seed(0)
+    out = {
+        "sentiment_logits": torch.randn(4, 3),
+        "sentiment_score": torch.zeros(4),
+        "impact_logits": torch.zeros(4),
+        "topic_logits": torch.zeros(4, 3),
+        "ticker_score": torch.zeros(4, 0),
+    }
+    batch = _sentiment_only_batch([0, 1, 1, 2])
+    plain = compute_losses(out, batch, LossConfig())["sentiment"]
+    weighted = compute_losses(out, batch, LossConfig(), class_weights=full)["sentiment"]
+    expected = torch.nn.functional.cross_entropy(out["sentiment_logits"], batch["sentiment_id"], weight=full)
+    assert torch.allclose(weighted, expected) and not torch.allclose(weighted, plain)
+    smoothed = compute_losses(out, batch, LossConfig(sentiment_label_smoothing=0.2))["sentiment"]
+    expected = torch.nn.functional.cross_entropy(
+        out["sentiment_logits"], batch["sentiment_id"], label_smoothing=0.2
+    )
+    assert torch.allclose(smoothed, expected) and not torch.allclose(smoothed, plain)
+
+
+def test_ema_checkpoint_holds_the_average_and_resumes_both(tiny_bert):
+    from training.config import OptimConfig
+    from training.module import NewsImpactModule
+
+    def module():
+        torch.manual_seed(0)
+        model = build_model(ModelConfig(pretrained_model_name_or_path=tiny_bert), PeftConfig(r=4), SCHEMA)
+        return NewsImpactModule(model, OptimConfig(ema_decay=0.9), LossConfig())
+
+    first = module()
+    first.on_fit_start()
+    assert first._ema is not None
+    raw = [p.detach().clone() for p in first._trainable()]
+    for average in first._ema:
+        average.add_(1.0)  # an average that differs from the raw weights
+    checkpoint: dict = {}
+    first.on_save_checkpoint(checkpoint)
+    names = [n for n, p in first.named_parameters() if p.requires_grad]
+    assert list(checkpoint["state_dict"]) == names
+    for name, now, before in zip(names, first._trainable(), raw):
+        assert torch.equal(now, before)  # saving leaves the training weights alone
+        assert torch.equal(checkpoint["raw_state_dict"][name], before)
+        assert torch.equal(checkpoint["state_dict"][name], before + 1.0)  # what export loads
+
+    second = module()
+    for p in second._trainable():
+        p.zero_()
+    second.on_load_checkpoint(checkpoint)
+    second.load_state_dict(checkpoint["state_dict"], strict=False)  # what Lightning does next
+    second.on_fit_start()
+    assert second._ema is not None
+    for now, average, before in zip(second._trainable(), second._ema, raw):
+        assert torch.equal(now, before) and torch.equal(average, before + 1.0)
+    second._swap_ema()  # validation sees the average
+    assert all(torch.equal(p, b + 1.0) for p, b in zip(second._trainable(), raw))
