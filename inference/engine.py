@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from inference.attention import use_cpu_attention
+from inference.cpu_ops import keep_heap_memory, use_inplace_gelu
 from training.modeling import HEADS_FILE, META_FILE, load_tokenizer, load_trained, read_meta
 from training.text import normalize
 from training.tickers import extract_tickers, find_mentions, spans_to_tokens
@@ -90,6 +91,8 @@ class Runner:
             attention == "auto" and self.device.type == "cpu" and precision == "bf16"
         )
         self.attention = "bmm" if wanted and use_cpu_attention(model.backbone) else "sdpa"
+        if self.device.type == "cpu":
+            use_inplace_gelu(model.backbone)  # exact; saves an allocation per layer (inference/cpu_ops.py)
         if compile:
             self.model = torch.compile(self.model)  # type: ignore[assignment]
 
@@ -143,6 +146,7 @@ class Scorer:
         max_batch_size: int = 256,
         pad_to_multiple_of: int = 16,
         attention: str = "auto",
+        keep_heap: bool = True,
         max_chunks: int = 16,
         stride: int | None = None,
         impact_aggregation: str = "max",
@@ -163,6 +167,8 @@ class Scorer:
             # The background tokenizer thread shares the cores with the model's threads: a multi-threaded
             # tokenizer stalls their parallel regions (single-threaded: +4.5 % docs/s on the CPU box).
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+            if keep_heap:
+                keep_heap_memory()  # before the model and the first batches allocate (inference/cpu_ops.py)
         self.tokenizer = load_tokenizer(model_dir)
         use_onnx = self.meta.get("format") == "onnx"
         self.runner = Runner(model_dir, device, precision, compile, use_onnx, attention)

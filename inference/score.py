@@ -56,6 +56,7 @@ class InferenceOptions:
     precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16: GPU only)
     device: str = "auto"  # auto | cpu | cuda
     compile: bool = False
+    keep_heap: bool = True  # CPU, glibc: large tensors from a heap that keeps freed memory (faster)
     max_chunks: int = 16
     stride: int | None = None  # tokens of overlap between chunks; null: the model folder's setting
     impact_aggregation: str = "max"  # max | mean
@@ -185,6 +186,7 @@ def job_identity(config: ScoreConfig, files: list[str]) -> dict[str, Any]:
         "max_batch_size",
         "pad_to_multiple_of",
         "attention",
+        "keep_heap",
         "max_error_rate",
         "dist_timeout_s",
     ):
@@ -510,6 +512,7 @@ def run(config: ScoreConfig, files: list[str]) -> dict[str, Any]:
                 max_batch_size=opts.max_batch_size,
                 pad_to_multiple_of=opts.pad_to_multiple_of,
                 attention=opts.attention,
+                keep_heap=opts.keep_heap,
                 max_chunks=opts.max_chunks,
                 stride=opts.stride,
                 impact_aggregation=opts.impact_aggregation,
