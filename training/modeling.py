@@ -186,6 +186,15 @@ def compute_losses(
     return losses
 
 
+def symmetric_kl(logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of KL(p_a || p_b) + KL(p_b || p_a) / 2 (R-Drop's consistency term)."""
+    log_a = F.log_softmax(logits_a.float(), dim=-1)
+    log_b = F.log_softmax(logits_b.float(), dim=-1)
+    kl_ab = F.kl_div(log_b, log_a, log_target=True, reduction="batchmean")
+    kl_ba = F.kl_div(log_a, log_b, log_target=True, reduction="batchmean")
+    return (kl_ab + kl_ba) / 2
+
+
 def load_tokenizer(path: str, trust_remote_code: bool = False) -> Any:
     from transformers import AutoTokenizer
 
@@ -246,7 +255,23 @@ def build_model(model_cfg: ModelConfig, peft_cfg: PeftConfig, schema: LabelSchem
     backbone = load_backbone(model_cfg, peft_cfg)
     pooling = resolve_pooling(model_cfg.pooling, backbone.config)
     backbone = apply_peft(backbone, peft_cfg)
+    if model_cfg.backbone_dropout is not None:
+        set_backbone_dropout(backbone, model_cfg.backbone_dropout)
     return NewsImpactModel(backbone, schema, pooling=pooling, head_dropout=model_cfg.head_dropout)
+
+
+def set_backbone_dropout(backbone: nn.Module, p: float) -> int:
+    """Set every dropout of the pretrained network (not LoRA's own) to ``p``; returns how many.
+
+    Attention-probability dropout is included: the SDPA attention of transformers' models reads its rate
+    from the attention module's ``nn.Dropout``.
+    """
+    count = 0
+    for name, module in backbone.named_modules():
+        if isinstance(module, nn.Dropout) and "lora_dropout" not in name:
+            module.p = p
+            count += 1
+    return count
 
 
 def trainable_state_dict(model: nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:

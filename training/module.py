@@ -14,7 +14,13 @@ from torchmetrics import regression as tmr
 
 from training.config import DataConfig, LossConfig, OptimConfig, SchemaConfig
 from training.data import Collator, LengthGroupedSampler, build_splits
-from training.modeling import NewsImpactModel, balanced_class_weights, compute_losses, trainable_state_dict
+from training.modeling import (
+    NewsImpactModel,
+    balanced_class_weights,
+    compute_losses,
+    symmetric_kl,
+    trainable_state_dict,
+)
 
 
 class NewsDataModule(pl.LightningDataModule):
@@ -199,8 +205,25 @@ class NewsImpactModule(pl.LightningModule):
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return self.model(batch["input_ids"], batch["attention_mask"], batch.get("entity_mask"))
 
+    def on_train_epoch_start(self) -> None:
+        # from_pretrained returns the backbone in eval mode and Lightning does not switch modules to train
+        # mode (it keeps whatever mode they are in), so without this the backbone's dropout never runs.
+        self.model.train()
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        losses = compute_losses(self(batch), batch, self.loss_weights, self.class_weights)
+        rdrop = self.loss_weights.sentiment_rdrop
+        if rdrop > 0:
+            # R-Drop: the batch twice in one forward pass (each copy gets its own dropout masks); the head
+            # losses average over both copies and the two sentiment distributions are pulled together.
+            n = batch["input_ids"].shape[0]
+            batch = {k: torch.cat([v, v]) if torch.is_tensor(v) else v for k, v in batch.items()}
+            out = self(batch)
+            losses = compute_losses(out, batch, self.loss_weights, self.class_weights)
+            logits = out["sentiment_logits"]
+            losses["sentiment_rdrop"] = symmetric_kl(logits[:n], logits[n:])
+            losses["loss"] = losses["loss"] + rdrop * losses["sentiment_rdrop"]
+        else:
+            losses = compute_losses(self(batch), batch, self.loss_weights, self.class_weights)
         size = batch["input_ids"].shape[0]
         self.log("train/loss", losses["loss"], prog_bar=True, batch_size=size)
         self.log_dict({f"train/loss_{k}": v for k, v in losses.items() if k != "loss"}, batch_size=size)

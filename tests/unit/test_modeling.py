@@ -167,3 +167,65 @@ def test_ema_checkpoint_holds_the_average_and_resumes_both(tiny_bert):
         assert torch.equal(now, before) and torch.equal(average, before + 1.0)
     second._swap_ema()  # validation sees the average
     assert all(torch.equal(p, b + 1.0) for p, b in zip(second._trainable(), raw))
+
+
+def test_rdrop_adds_the_symmetric_kl_of_two_dropout_passes(tiny_bert):
+    import warnings
+
+    from training.config import OptimConfig
+    from training.modeling import symmetric_kl
+    from training.module import NewsImpactModule
+
+    a, b = torch.randn(5, 3), torch.randn(5, 3)
+    p, q = a.softmax(-1), b.softmax(-1)
+    manual = ((p * (p / q).log()).sum(-1) + (q * (q / p).log()).sum(-1)).mean() / 2
+    assert torch.allclose(symmetric_kl(a, b), manual, atol=1e-6) and symmetric_kl(a, a) == 0
+
+    torch.manual_seed(0)
+    model = build_model(
+        ModelConfig(pretrained_model_name_or_path=tiny_bert, head_dropout=0.3), PeftConfig(r=4), SCHEMA
+    )
+    module = NewsImpactModule(model, OptimConfig(), LossConfig(sentiment_rdrop=2.0))
+    ids, attn, _ = _batch(load_tokenizer(tiny_bert), ["$ACME beats", "$GLBX misses badly"], [[], []])
+    batch = {"input_ids": ids, "attention_mask": attn, **_sentiment_only_batch([0, 2])}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # self.log outside a Trainer
+        module.eval()  # no dropout: both copies agree and the loss is the plain one
+        plain = compute_losses(module(batch), batch, LossConfig())["loss"]
+        assert torch.allclose(module.training_step(batch, 0), plain, atol=1e-6)
+        module.train()
+        torch.manual_seed(1)
+        loss = module.training_step(batch, 0)
+    torch.manual_seed(1)
+    doubled = {k: torch.cat([v, v]) for k, v in batch.items()}
+    out = module(doubled)
+    kl = symmetric_kl(out["sentiment_logits"][:2], out["sentiment_logits"][2:])
+    assert kl > 0
+    assert torch.allclose(loss, compute_losses(out, doubled, LossConfig())["loss"] + 2.0 * kl, atol=1e-6)
+
+
+def test_backbone_dropout_rate_and_train_mode(tiny_bert):
+    """from_pretrained hands back an eval-mode backbone and Lightning keeps module modes as they are: the
+    module switches the model to train mode each epoch, and model.backbone_dropout sets the rates."""
+    from training.config import OptimConfig
+    from training.module import NewsImpactModule
+
+    model = build_model(
+        ModelConfig(pretrained_model_name_or_path=tiny_bert, backbone_dropout=0.3),
+        PeftConfig(r=4, lora_dropout=0.05),
+        SCHEMA,
+    )
+    rates = {n: m.p for n, m in model.backbone.named_modules() if isinstance(m, torch.nn.Dropout)}
+    lora = {n: p for n, p in rates.items() if "lora_dropout" in n}
+    assert lora and set(lora.values()) == {0.05}
+    assert len(rates) > len(lora) and {p for n, p in rates.items() if n not in lora} == {0.3}
+    assert not all(m.training for m in model.backbone.modules())  # as loaded
+    NewsImpactModule(model, OptimConfig(), LossConfig()).on_train_epoch_start()
+    assert all(m.training for m in model.modules())
+
+    own = build_model(ModelConfig(pretrained_model_name_or_path=tiny_bert), PeftConfig(r=4), SCHEMA)
+    config = own.backbone.config
+    own_rates = {
+        m.p for n, m in own.backbone.named_modules() if isinstance(m, torch.nn.Dropout) and "lora" not in n
+    }
+    assert own_rates == {config.hidden_dropout_prob, config.attention_probs_dropout_prob}
