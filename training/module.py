@@ -205,11 +205,6 @@ class NewsImpactModule(pl.LightningModule):
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return self.model(batch["input_ids"], batch["attention_mask"], batch.get("entity_mask"))
 
-    def on_train_epoch_start(self) -> None:
-        # from_pretrained returns the backbone in eval mode and Lightning does not switch modules to train
-        # mode (it keeps whatever mode they are in), so without this the backbone's dropout never runs.
-        self.model.train()
-
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         rdrop = self.loss_weights.sentiment_rdrop
         if rdrop > 0:
@@ -276,6 +271,9 @@ class NewsImpactModule(pl.LightningModule):
         return [p.detach() for p in self.parameters() if p.requires_grad]
 
     def on_fit_start(self) -> None:
+        # from_pretrained returns the backbone in eval mode and Lightning keeps modules in whatever mode they
+        # are in (validation restores it afterwards), so without this the backbone's dropout never runs.
+        self.model.train()
         if self.optim.ema_decay is None or self._ema is not None:
             return
         if self._ema_from_checkpoint is not None:  # resumed: the average saved with the checkpoint

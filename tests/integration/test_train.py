@@ -148,3 +148,23 @@ def test_ema_run_exports_the_average_and_resumes(tiny_bert, tmp_path):
     second = run(compose_train(base + ["trainer.max_steps=12", "resume=true"]), run_dir)
     assert second["global_step"] == 12
     assert "raw_state_dict" in torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+
+
+def test_every_training_step_runs_in_train_mode(tiny_bert, tmp_path, monkeypatch):
+    """The backbone comes from from_pretrained in eval mode; its dropout must still run in training, also
+    after a validation pass (the old behaviour: it silently stayed in eval mode)."""
+    from training.module import NewsImpactModule
+
+    modes: list[bool] = []
+    step = NewsImpactModule.training_step
+
+    def recording_step(self, batch, batch_idx):
+        modes.append(all(m.training for m in self.model.modules()))
+        return step(self, batch, batch_idx)
+
+    monkeypatch.setattr(NewsImpactModule, "training_step", recording_step)
+    run_dir = tmp_path / "run"
+    overrides = ["trainer.max_epochs=2", "model.backbone_dropout=0.2"]
+    info = run(compose_train(tiny_overrides(tiny_bert, run_dir) + overrides), run_dir)
+    assert info["val_history"] and len(info["val_history"]) >= 1  # validation ran between the epochs
+    assert len(modes) == info["global_step"] >= 2 and all(modes)

@@ -206,7 +206,7 @@ def test_rdrop_adds_the_symmetric_kl_of_two_dropout_passes(tiny_bert):
 
 def test_backbone_dropout_rate_and_train_mode(tiny_bert):
     """from_pretrained hands back an eval-mode backbone and Lightning keeps module modes as they are: the
-    module switches the model to train mode each epoch, and model.backbone_dropout sets the rates."""
+    module switches the model to train mode when fitting starts, and model.backbone_dropout sets the rates."""
     from training.config import OptimConfig
     from training.module import NewsImpactModule
 
@@ -220,7 +220,7 @@ def test_backbone_dropout_rate_and_train_mode(tiny_bert):
     assert lora and set(lora.values()) == {0.05}
     assert len(rates) > len(lora) and {p for n, p in rates.items() if n not in lora} == {0.3}
     assert not all(m.training for m in model.backbone.modules())  # as loaded
-    NewsImpactModule(model, OptimConfig(), LossConfig()).on_train_epoch_start()
+    NewsImpactModule(model, OptimConfig(), LossConfig()).on_fit_start()
     assert all(m.training for m in model.modules())
 
     own = build_model(ModelConfig(pretrained_model_name_or_path=tiny_bert), PeftConfig(r=4), SCHEMA)
