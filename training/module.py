@@ -190,7 +190,7 @@ class NewsImpactModule(pl.LightningModule):
         class_weights: torch.Tensor | None = None,
     ):
         super().__init__()
-        self.model = model
+        self.model = model.train()  # from_pretrained hands it over in eval mode (see on_fit_start)
         self.register_buffer("class_weights", class_weights, persistent=False)
         self.optim = optim
         self.loss_weights = loss_weights
