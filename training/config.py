@@ -98,6 +98,9 @@ class PeftConfig:
     target_modules: Any = "all-linear"
     use_dora: bool = False
     bias: str = "none"
+    # On CPU, draw LoRA dropout masks from 8-bit random numbers (p rounded to a multiple of 1/256): ~3x
+    # cheaper than torch's dropout, which is over half of a CPU LoRA forward pass. GPUs use torch's.
+    fast_dropout: bool = True
     # transformers.BitsAndBytesConfig kwargs (QLoRA), e.g. {load_in_4bit: true}; null for none.
     quantization: dict[str, Any] | None = None
 

@@ -247,7 +247,52 @@ def apply_peft(backbone: Any, peft_cfg: PeftConfig) -> Any:
         use_dora=peft_cfg.use_dora,
         bias=peft_cfg.bias,  # type: ignore[arg-type]
     )
-    return get_peft_model(backbone, lora)
+    model = get_peft_model(backbone, lora)
+    if peft_cfg.fast_dropout:
+        use_byte_dropout(model)
+    return model
+
+
+class ByteDropout(nn.Module):
+    """Inverted dropout whose CPU mask comes from one random byte per element.
+
+    torch's CPU dropout draws one random number per element, and with LoRA on every linear layer that is
+    over half of a training forward pass (docs/BENCHMARKS.md). Here one 32-bit draw serves four elements;
+    the price is ``p`` rounded to a multiple of 1/256 (0.05 -> 13/256, 0.1 -> 26/256). Off CPU it is
+    plain ``F.dropout``.
+    """
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+        self.threshold = round(p * 256)
+        self.scale = 1.0 / (1.0 - self.threshold / 256)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.threshold == 0:
+            return x
+        if x.device.type != "cpu":
+            return F.dropout(x, self.p, training=True)
+        n = x.numel()
+        words = torch.empty((n + 3) // 4, dtype=torch.int32).random_(-(2**31), 2**31)
+        keep = words.view(torch.uint8)[:n].view(x.shape) >= self.threshold
+        return x * keep * self.scale
+
+    def extra_repr(self) -> str:
+        return f"p={self.p} (as {self.threshold}/256)"
+
+
+def use_byte_dropout(model: nn.Module) -> int:
+    """Swap peft's LoRA dropout modules for :class:`ByteDropout`; returns how many."""
+    count = 0
+    for module in model.modules():
+        dropouts = getattr(module, "lora_dropout", None)
+        if isinstance(dropouts, nn.ModuleDict):
+            for name, layer in dropouts.items():
+                if isinstance(layer, nn.Dropout):
+                    dropouts[name] = ByteDropout(layer.p)
+                    count += 1
+    return count
 
 
 def build_model(model_cfg: ModelConfig, peft_cfg: PeftConfig, schema: LabelSchema) -> NewsImpactModel:

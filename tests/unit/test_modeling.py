@@ -212,7 +212,7 @@ def test_backbone_dropout_rate_and_train_mode(tiny_bert):
 
     model = build_model(
         ModelConfig(pretrained_model_name_or_path=tiny_bert, backbone_dropout=0.3),
-        PeftConfig(r=4, lora_dropout=0.05),
+        PeftConfig(r=4, lora_dropout=0.05, fast_dropout=False),
         SCHEMA,
     )
     rates = {n: m.p for n, m in model.backbone.named_modules() if isinstance(m, torch.nn.Dropout)}
@@ -229,3 +229,31 @@ def test_backbone_dropout_rate_and_train_mode(tiny_bert):
         m.p for n, m in own.backbone.named_modules() if isinstance(m, torch.nn.Dropout) and "lora" not in n
     }
     assert own_rates == {config.hidden_dropout_prob, config.attention_probs_dropout_prob}
+
+
+def test_byte_dropout_is_dropout_with_p_rounded_to_1_256(tiny_bert):
+    from training.modeling import ByteDropout
+
+    drop = ByteDropout(0.1).train()
+    assert drop.threshold == 26
+    torch.manual_seed(0)
+    x = torch.ones(400, 1000, requires_grad=True)
+    y = drop(x)
+    dropped = (y == 0).float().mean().item()
+    assert abs(dropped - 26 / 256) < 0.003  # 400k draws: the standard error is ~0.0005
+    assert y.mean().item() == pytest.approx(1.0, abs=0.01)  # inverted dropout keeps the expectation
+    assert torch.allclose(y[y != 0], torch.tensor(256 / 230))
+    y.sum().backward()
+    assert torch.equal(x.grad == 0, y == 0)  # the gradient uses the same mask
+    torch.manual_seed(0)
+    assert torch.equal(drop(x), y)  # seeded like torch's own dropout
+    assert drop.eval()(x) is x and ByteDropout(0.001).train()(x) is x  # eval, or p rounds to 0
+
+    fast = build_model(ModelConfig(pretrained_model_name_or_path=tiny_bert), PeftConfig(r=4), SCHEMA)
+    plain = build_model(
+        ModelConfig(pretrained_model_name_or_path=tiny_bert), PeftConfig(r=4, fast_dropout=False), SCHEMA
+    )
+    fast_lora = [m for n, m in fast.named_modules() if "lora_dropout." in n]
+    plain_lora = [m for n, m in plain.named_modules() if "lora_dropout." in n]
+    assert fast_lora and all(isinstance(m, ByteDropout) and m.p == 0.05 for m in fast_lora)
+    assert len(plain_lora) == len(fast_lora) and all(type(m) is torch.nn.Dropout for m in plain_lora)
