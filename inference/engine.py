@@ -80,6 +80,9 @@ class Runner:
             self.n_labels = len(read_meta(model_dir)["schema"]["sentiment_labels"])
             return
         model = load_trained(model_dir)
+        if hasattr(model.backbone, "merge_and_unload"):
+            # An adapter export: merged once here (the same function, no LoRA matmuls per layer per batch).
+            model.backbone = model.backbone.merge_and_unload()
         if precision != "fp32":
             # Half-precision backbone weights: under inference_mode autocast would re-cast every fp32
             # weight on every call. Heads stay fp32 (the model casts hidden states to their dtype).

@@ -469,9 +469,12 @@ def _device(opts: InferenceOptions, local_rank: int) -> str:
     return opts.device
 
 
-def run(config: ScoreConfig, files: list[str]) -> dict[str, Any]:
-    """Score the inputs; returns the manifest (on every rank)."""
-    rank, world, local_rank = _dist_env()
+def run(config: ScoreConfig, files: list[str], single_process: bool = False) -> dict[str, Any]:
+    """Score the inputs; returns the manifest (on every rank).
+
+    ``single_process``: ignore a launcher's RANK/WORLD_SIZE (a training job scoring its teacher targets).
+    """
+    rank, world, local_rank = (0, 1, 0) if single_process else _dist_env()
     dist = _init_dist(world, config.inference.dist_timeout_s)
     out = Path(config.output_dir)
     opts = config.inference

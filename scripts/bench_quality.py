@@ -3,6 +3,7 @@
     python scripts/bench_quality.py                       # all experiments (~1 h on 2 CPU cores)
     python scripts/bench_quality.py --only fpb,fiqa       # some of them
     python scripts/bench_quality.py --skip-train          # re-evaluate the runs already in --work-dir
+    python scripts/bench_quality.py --only tfns_mpnet,tfns_distill   # MPNet, then MiniLM distilled from it
 
 Each experiment is the same command a user types (``python -m training.train experiment=...``), bounded
 by ``--max-minutes`` (Lightning's ``trainer.max_time``), exported as an adapter from its best checkpoint
@@ -42,8 +43,9 @@ class Eval:
 @dataclass
 class Experiment:
     name: str
-    overrides: list[str]
+    overrides: list[str]  # "{work}" is replaced by --work-dir (e.g. a teacher exported by an earlier row)
     evals: list[Eval] = field(default_factory=list)
+    max_minutes: int | None = None  # None: --max-minutes
 
 
 # What each dataset is evaluated on; the split text goes into the table.
@@ -69,6 +71,20 @@ EXPERIMENTS = [
     Experiment("sentfin", ["experiment=sentfin_minilm"], [EVALS["sentfin"]]),
     Experiment("tfn_topic", ["experiment=tfn_topic_minilm"], [EVALS["tfn_topic"]]),
     Experiment("stocknet", ["experiment=stocknet_minilm"], [EVALS["stocknet"]]),
+    Experiment("tfns_mpnet", ["experiment=tfns_mpnet"], [EVALS["tfns"]], max_minutes=45),
+    Experiment(
+        "tfns_distill",
+        ["experiment=tfns_distill", "distill.teacher={work}/tfns_mpnet/model"],
+        [EVALS["tfns"]],
+        max_minutes=45,
+    ),
+    Experiment("fpb_mpnet", ["experiment=fpb_mpnet"], [EVALS["fpb"]], max_minutes=45),
+    Experiment(
+        "fpb_distill",
+        ["experiment=fpb_distill", "distill.teacher={work}/fpb_mpnet/model"],
+        [EVALS["fpb"]],
+        max_minutes=45,
+    ),
     Experiment(
         "mix",
         ["experiment=mix_minilm"],
@@ -152,9 +168,11 @@ def run_experiment(exp: Experiment, work: Path, max_minutes: int, skip_train: bo
     run_dir, model_dir = work / exp.name / "run", work / exp.name / "model"
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     py = sys.executable
+    overrides = [o.replace("{work}", str(work)) for o in exp.overrides]
+    minutes = exp.max_minutes or max_minutes
     train_cmd = [
-        py, "-m", "training.train", *exp.overrides, f"run_dir={run_dir}",
-        f"trainer.max_time=00:00:{max_minutes:02d}:00", "trainer.enable_progress_bar=false",
+        py, "-m", "training.train", *overrides, f"run_dir={run_dir}",
+        f"trainer.max_time=00:00:{minutes:02d}:00", "trainer.enable_progress_bar=false",
     ]  # fmt: skip
     result: dict[str, Any] = {
         "name": exp.name,
@@ -210,9 +228,11 @@ def markdown(results: list[dict[str, Any]], info: dict[str, Any]) -> str:
         f"Machine: {info['machine']}. Made by `python scripts/bench_quality.py` (all experiments, ~1 h; "
         f"latest run: `{info['command']}`), each training bounded at {info['max_minutes']} min; the train "
         "wall column is the training command's wall time (`trainer.fit`'s for rows evaluated with "
-        "--skip-train). Every row of ours is the CPU default backbone "
-        "(packaged all-MiniLM-L6-v2, 22 M parameters) with LoRA r=16, trained by the experiment named, "
-        "exported from its best checkpoint and evaluated by `training.evaluate`. Published rows are quoted "
+        "--skip-train). Every row of ours is LoRA r=16 on the backbone of the experiment named (`*_minilm`, "
+        "`*_distill`: the packaged all-MiniLM-L6-v2, 22 M parameters; `*_mpnet`: all-mpnet-base-v2, 110 M, "
+        "from the `mpnet` extra), trained on CPU by that experiment (`*_distill` with the `*_mpnet` row's "
+        "export as teacher), exported from its best checkpoint and evaluated by `training.evaluate`; "
+        "MPNet rows are bounded at 45 min. Published rows are quoted "
         "from the dataset's SOURCE.md, not re-run; where their split differs it says so.",
         "",
     ]

@@ -222,6 +222,21 @@ class CheckpointConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Knowledge distillation from an exported model (training/distill.py)."""
+
+    teacher: str | None = None  # an exported model folder; null: no distillation
+    temperature: float = 2.0  # softens both sentiment distributions in the KL term (scaled by T^2)
+    weight: float = 1.0  # weight of the teacher terms next to the hard-label loss
+    # Teacher heads to learn from; null: those the teacher was validated on (its newsimpact.json metrics).
+    heads: list[str] | None = None
+    precision: str = "fp32"  # the batch scorer's precision for the teacher pass (bf16 on bf16 CPUs/GPUs)
+    cache_dir: str | None = (
+        None  # where the teacher's part files are kept; null: NEWSIMPACT_CACHE_DIR/distill
+    )
+
+
+@dataclass
 class TrainConfig:
     name: str = "newsimpact"
     run_dir: str = "runs/${name}"
@@ -235,6 +250,7 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     loggers: list[str] = field(default_factory=lambda: ["csv"])
 
 
@@ -399,8 +415,42 @@ def validate_train_config(config: TrainConfig) -> None:
             f"resume=true but {config.run_dir}/checkpoints/last.ckpt does not exist; "
             "drop resume=true or point run_dir at the run to continue"
         )
+    _check_distill(config, problems)
     if problems:
         raise ConfigError(problems)
+
+
+DISTILL_HEADS = ("sentiment", "sentiment_score", "impact", "topics")
+
+
+def _check_distill(config: TrainConfig, problems: list[str]) -> None:
+    distill = config.distill
+    if distill.teacher is None:
+        return
+    meta_path = Path(distill.teacher) / "newsimpact.json"
+    if not meta_path.is_file():
+        problems.append(
+            f"distill.teacher='{distill.teacher}' is not an exported model (no newsimpact.json); "
+            "export the teacher with `python -m training.export run_dir=RUN output_dir=DIR`"
+        )
+    else:
+        import json
+
+        labels = json.loads(meta_path.read_text())["schema"]["sentiment_labels"]
+        if labels != list(config.schema.sentiment_labels):
+            problems.append(
+                f"distill.teacher's sentiment labels {labels} differ from schema.sentiment_labels "
+                f"{list(config.schema.sentiment_labels)}; set schema.sentiment_labels={labels}"
+            )
+    if distill.temperature <= 0:
+        problems.append(f"distill.temperature={distill.temperature} must be > 0")
+    if distill.weight < 0:
+        problems.append(f"distill.weight={distill.weight} must be >= 0")
+    for head in distill.heads or []:
+        if head not in DISTILL_HEADS:
+            problems.append(f"distill.heads: '{head}' is not one of {', '.join(DISTILL_HEADS)}")
+    if distill.precision not in ("fp32", "bf16", "fp16"):
+        problems.append(f"distill.precision='{distill.precision}' must be fp32, bf16 or fp16")
 
 
 def load_validated(cfg: DictConfig, schema: type[T], validate: Callable[[T], Any]) -> tuple[T, Any]:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from training.config import DataConfig, SchemaConfig, SourceConfig, SplitConfig, source_split_files
+from training.distill import TEACHER_COLUMNS
 from training.impact_labels import apply_calibration, build_calibration
 from training.text import normalize
 from training.tickers import find_mentions, spans_to_tokens
@@ -337,7 +338,8 @@ def encode(
 ) -> datasets.Dataset:
     """Tokenize canonical rows into model inputs and masked targets (cached by ``datasets``)."""
     encoded = ds.map(_Encoder(tokenizer, schema, max_length, replace_urls), batched=True, desc="tokenize")
-    return encoded.select_columns(MODEL_COLUMNS + ["source"])
+    teacher = [c for c in TEACHER_COLUMNS if c in encoded.column_names]  # distill.teacher's targets
+    return encoded.select_columns(MODEL_COLUMNS + teacher + ["source"])
 
 
 def _weighted(ds: datasets.Dataset, weight: float, seed: int) -> datasets.Dataset:
@@ -359,13 +361,15 @@ def build_splits(
     only: Sequence[str] | None = None,
     calibrations: Mapping[str, dict[str, Any]] | None = None,
     replace_urls: str | None = None,
+    teacher: Any = None,
 ) -> dict[str, datasets.Dataset]:
     """Every split (or the ``only`` ones) of every source, canonicalised, encoded and mixed.
 
     The training split of each source is repeated or subsampled by its ``weight``. ``calibrations``
     (source name -> rank table, as saved with a run) replaces the impact mapping built from the source's
     training rows, so evaluation applies the mapping the model was trained with. ``replace_urls`` is the
-    model's text normalisation (:func:`training.text.normalize`).
+    model's text normalisation (:func:`training.text.normalize`). ``teacher``
+    (:class:`training.distill.Teacher`) adds its outputs to every training split as soft targets.
     """
     per_split: dict[str, list[datasets.Dataset]] = {}
     for name, source in data.sources.items():
@@ -376,6 +380,8 @@ def build_splits(
             ds = to_canonical(load_split(source, split), name, source, schema, calibration)
             if source.max_samples is not None and len(ds) > source.max_samples:
                 ds = ds.shuffle(seed=data.seed).select(range(source.max_samples))
+            if teacher is not None and split_name == "train":
+                ds = teacher.attach(ds, name)
             ds = encode(ds, tokenizer, schema, max_length, replace_urls)
             if split_name == "train":
                 ds = _weighted(ds, source.weight, data.seed)
@@ -453,6 +459,9 @@ class Collator:
             "entity_scores": entity_scores,
             "topic_targets": topics,
         }
+        if "teacher_probs" in rows[0]:  # distillation targets (training rows only); NaN where none
+            for key in TEACHER_COLUMNS:
+                batch[key] = torch.tensor([r[key] for r in rows], dtype=torch.float32)
         if "sentiment_id" in rows[0]:
             batch["sentiment_id"] = torch.tensor([r["sentiment_id"] for r in rows], dtype=torch.long)
             for key in ("sentiment_score", "impact"):

@@ -12,8 +12,9 @@ from torch.utils.data import DataLoader
 from torchmetrics import classification as tmc
 from torchmetrics import regression as tmr
 
-from training.config import DataConfig, LossConfig, OptimConfig, SchemaConfig
+from training.config import DataConfig, DistillConfig, LossConfig, OptimConfig, SchemaConfig
 from training.data import Collator, LengthGroupedSampler, build_splits
+from training.distill import distill_losses
 from training.modeling import (
     NewsImpactModel,
     balanced_class_weights,
@@ -34,8 +35,10 @@ class NewsDataModule(pl.LightningDataModule):
         max_length: int,
         calibrations: dict[str, dict[str, Any]] | None = None,
         replace_urls: str | None = None,
+        teacher: Any = None,
     ):
         super().__init__()
+        self.teacher = teacher
         self.calibrations = calibrations
         self.replace_urls = replace_urls
         self.data = data
@@ -53,6 +56,7 @@ class NewsDataModule(pl.LightningDataModule):
             self.max_length,
             calibrations=self.calibrations,
             replace_urls=self.replace_urls,
+            teacher=self.teacher,
         )
 
     def prepare_data(self) -> None:
@@ -188,12 +192,14 @@ class NewsImpactModule(pl.LightningModule):
         optim: OptimConfig,
         loss_weights: LossConfig,
         class_weights: torch.Tensor | None = None,
+        distill: DistillConfig | None = None,
     ):
         super().__init__()
         self.model = model.train()  # from_pretrained hands it over in eval mode (see on_fit_start)
         self.register_buffer("class_weights", class_weights, persistent=False)
         self.optim = optim
         self.loss_weights = loss_weights
+        self.distill = distill if distill is not None and distill.teacher else None
         self.strict_loading = False
         self.val_metrics = HeadMetrics(len(model.schema.sentiment_labels), len(model.schema.topics))
         self.last_val_metrics: dict[str, float] = {}
@@ -218,7 +224,18 @@ class NewsImpactModule(pl.LightningModule):
             losses["sentiment_rdrop"] = symmetric_kl(logits[:n], logits[n:])
             losses["loss"] = losses["loss"] + rdrop * losses["sentiment_rdrop"]
         else:
-            losses = compute_losses(self(batch), batch, self.loss_weights, self.class_weights)
+            out = self(batch)
+            losses = compute_losses(out, batch, self.loss_weights, self.class_weights)
+        if self.distill is not None and "teacher_probs" in batch:
+            # Soft targets from the teacher (training/distill.py), each head weighted like its hard loss.
+            heads = {"score": "sentiment_score"}
+            for name, term in distill_losses(out, batch, self.distill.temperature).items():
+                head = name.removeprefix("distill_")
+                losses[name] = term
+                losses["loss"] = (
+                    losses["loss"]
+                    + self.distill.weight * getattr(self.loss_weights, heads.get(head, head)) * term
+                )
         size = batch["input_ids"].shape[0]
         self.log("train/loss", losses["loss"], prog_bar=True, batch_size=size)
         self.log_dict({f"train/loss_{k}": v for k, v in losses.items() if k != "loss"}, batch_size=size)

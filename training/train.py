@@ -29,6 +29,7 @@ from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 
 from training.config import TrainConfig, load_validated, validate_train_config
 from training.data import impact_calibrations
+from training.distill import Teacher
 from training.modeling import FORMAT_VERSION, LabelSchema, build_model, load_tokenizer, save_trainable
 from training.module import NewsDataModule, NewsImpactModule
 
@@ -158,6 +159,7 @@ def run(config: TrainConfig, run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     # impact_from_return sources: the |return| -> impact rank table travels with the model (run.json,
     # adapter/ and every export), so evaluation and users map impact the way training did.
     calibrations = impact_calibrations(config.data)
+    teacher = Teacher(config.distill, config.schema.topics) if config.distill.teacher else None
     datamodule = NewsDataModule(
         config.data,
         config.schema,
@@ -165,6 +167,7 @@ def run(config: TrainConfig, run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         config.model.max_length,
         calibrations,
         config.model.replace_urls,
+        teacher,
     )
     model = build_model(config.model, config.peft, schema)
     powers = {"balanced": 1.0, "sqrt_balanced": 0.5}
@@ -173,7 +176,7 @@ def run(config: TrainConfig, run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         if config.loss.sentiment_class_weights in powers
         else None
     )
-    module = NewsImpactModule(model, config.optim, config.loss, class_weights)
+    module = NewsImpactModule(model, config.optim, config.loss, class_weights, config.distill)
     trainer = build_trainer(config, run_path)
 
     info: dict[str, Any] = {

@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -40,11 +41,18 @@ def test_resume_without_checkpoint_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_every_experiment_composes_and_validates(experiment, request):
+def test_every_experiment_composes_and_validates(experiment, request, tmp_path):
     overrides = [f"experiment={experiment}"]
     if "/model: mpnet" in (REPO / "configs" / "experiment" / f"{experiment}.yaml").read_text():
         # CI has no mpnet extra: the packaged weights are the resolver's business (test_packaged_models.py)
         overrides.append(f"model.pretrained_model_name_or_path={request.getfixturevalue('tiny_mpnet')}")
+    if "teacher: ???" in (REPO / "configs" / "experiment" / f"{experiment}.yaml").read_text():
+        # distillation experiments need a teacher folder; validation reads only its newsimpact.json
+        teacher = tmp_path / "teacher"
+        teacher.mkdir()
+        schema = {"sentiment_labels": ["negative", "neutral", "positive"], "topics": []}
+        (teacher / "newsimpact.json").write_text(json.dumps({"schema": schema}))
+        overrides.append(f"distill.teacher={teacher}")
     config = compose_train(overrides)
     assert config.name == experiment
     needs_shared = any(

@@ -1,0 +1,117 @@
+"""Distillation: an exported teacher scores the training rows (and text-only rows) with the batch scorer,
+its part files are the cache, and the student's loss learns from them."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+import torch
+
+from tests.conftest import compose_train, tiny_overrides, write_jsonl
+from training.distill import distill_losses, teacher_heads
+from training.train import run as train_run
+
+pytestmark = pytest.mark.slow
+
+
+def test_kl_term_is_zero_when_the_student_matches_the_teacher_and_masks_rows_without_targets():
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    teacher = torch.softmax(logits, -1)
+    teacher[2] = float("nan")  # a row the teacher did not score
+    batch = {"teacher_probs": teacher}
+    out = {"sentiment_logits": logits}
+    for temperature in (1.0, 2.0):
+        assert distill_losses(out, batch, temperature)["distill_sentiment"].abs() < 1e-6
+    shifted = {"sentiment_logits": logits.flip(-1)}
+    assert distill_losses(shifted, batch, 2.0)["distill_sentiment"] > 0.1
+
+
+def test_regression_and_topic_terms_use_only_rows_with_targets():
+    out = {
+        "sentiment_logits": torch.zeros(2, 3),
+        "sentiment_score": torch.tensor([0.5, -0.5]),
+        "impact_logits": torch.tensor([0.0, 0.0]),
+        "topic_logits": torch.zeros(2, 2),
+    }
+    batch = {
+        "teacher_probs": torch.full((2, 1), float("nan")),
+        "teacher_score": torch.tensor([0.25, float("nan")]),
+        "teacher_impact": torch.tensor([float("nan"), 1.0]),
+        "teacher_topics": torch.tensor([[1.0, 0.0], [float("nan"), float("nan")]]),
+    }
+    losses = distill_losses(out, batch, 2.0)
+    assert "distill_sentiment" not in losses
+    assert losses["distill_score"].item() == pytest.approx(0.0625)
+    assert losses["distill_impact"].item() == pytest.approx(math.log(2))
+    assert losses["distill_topics"].item() == pytest.approx(math.log(2))
+
+
+def test_teacher_heads_come_from_its_validation_metrics():
+    meta = {"metrics": {"sentiment_f1_macro": 0.8, "loss": 1.0}}
+    assert teacher_heads(meta, None) == ["sentiment"]
+    meta = {
+        "metrics": {"sentiment_acc": 1, "sentiment_score_mae": 0.1, "impact_mae": 0.2, "topics_f1_micro": 0.5}
+    }
+    assert teacher_heads(meta, None) == ["sentiment", "sentiment_score", "impact", "topics"]
+    assert teacher_heads(meta, ["topics", "sentiment"]) == ["sentiment", "topics"]
+
+
+def _losses(run_dir):
+    with open(run_dir / "metrics.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    return [float(r["train/loss_distill_sentiment"]) for r in rows if r.get("train/loss_distill_sentiment")]
+
+
+def test_student_trains_on_teacher_outputs_scored_once_and_cached(tiny_bert, exported, tmp_path):
+    texts = tmp_path / "unlabelled"
+    texts.mkdir()
+    write_jsonl(
+        texts / "train.jsonl",
+        [{"text": f"$ACME shares {w} after results"} for w in ("rise", "fall", "hold", "soar", "slump") * 6],
+    )
+    cache = tmp_path / "cache"
+
+    def overrides(run_dir):
+        return tiny_overrides(tiny_bert, run_dir) + [
+            f"distill.teacher={exported['merged']}",
+            f"distill.cache_dir={cache}",
+            "distill.heads=[sentiment,sentiment_score,impact,topics]",  # the 4-step teacher never validated
+            f"+data.sources.unlabelled.root={texts}",
+            "+data.sources.unlabelled.splits.train.path=train.jsonl",
+            "+data.sources.unlabelled.columns.text=text",
+            "trainer.max_steps=12",
+            "trainer.max_epochs=-1",
+            "optim.lr=5e-3",
+        ]
+
+    first = tmp_path / "student1"
+    train_run(compose_train(overrides(first)), first)
+    folders = list(cache.glob("*/*/_SUCCESS"))
+    assert len(folders) == 2  # one per source's training texts: sample + unlabelled
+    unlabelled = next(f.parent for f in folders if json.loads(f.read_text())["rows"] == 30)
+    parts = sorted(unlabelled.glob("part-*.parquet"))
+    assert parts
+    stamps = [p.stat().st_mtime_ns for p in parts]
+    losses = _losses(first)
+    assert losses and all(math.isfinite(v) for v in losses)
+
+    second = tmp_path / "student2"
+    train_run(compose_train(overrides(second)), second)
+    assert [p.stat().st_mtime_ns for p in sorted(unlabelled.glob("part-*.parquet"))] == stamps  # reused
+    assert len(list(cache.glob("*/*/_SUCCESS"))) == 2
+    info = json.loads((second / "run.json").read_text())
+    assert info["config"]["distill"]["teacher"] == str(exported["merged"])
+
+
+def test_a_teacher_on_another_scale_is_refused(tiny_bert, exported, tmp_path):
+    from training.config import ConfigError, validate_train_config
+
+    config = compose_train(
+        tiny_overrides(tiny_bert, tmp_path / "r")
+        + [f"distill.teacher={exported['merged']}", "schema.sentiment_labels=[negative,neutral,positive]"]
+    )
+    with pytest.raises(ConfigError, match="distill.teacher's sentiment labels"):
+        validate_train_config(config)

@@ -1,0 +1,197 @@
+"""Knowledge distillation: an exported teacher's outputs become soft targets for the student.
+
+``distill.teacher=MODEL_DIR`` (any exported folder: merged, adapter or onnx). The teacher's outputs for the
+training rows of every source -- labelled ones and text-only sources (columns ``{text: ...}`` and nothing
+else, e.g. the TFN-topic tweets next to TFNS) -- are produced by the batch scorer itself
+(``inference.score``), and its part files are the cache: one folder per (teacher, texts), scored once and
+reused by every later run. Validation and checkpoint selection stay on real labels.
+
+The student's loss adds, for the teacher's heads (``distill.heads``, default: those the teacher was
+validated on): ``T^2 * KL(teacher_T || student_T)`` on the sentiment distribution at temperature ``T``,
+squared error on the sentiment score, and binary cross-entropy against the teacher's impact and topic
+probabilities, all times ``distill.weight``, next to the hard-label loss where a row has labels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+import torch.nn.functional as F
+
+from training.config import DISTILL_HEADS, DistillConfig
+from training.packaged_models import cache_dir
+
+log = logging.getLogger("newsimpact.distill")
+
+TEACHER_COLUMNS = ("teacher_probs", "teacher_score", "teacher_impact", "teacher_topics")
+
+
+def teacher_heads(meta: dict[str, Any], wanted: Sequence[str] | None) -> list[str]:
+    """The heads to distil: ``wanted``, or those the teacher's export reports validation metrics for."""
+    if wanted is not None:
+        return [h for h in DISTILL_HEADS if h in wanted]
+    keys = set(meta.get("metrics") or {})
+    found = []
+    if keys & {"sentiment_acc", "sentiment_f1_macro"}:
+        found.append("sentiment")
+    if any(k.startswith("sentiment_score_") for k in keys):
+        found.append("sentiment_score")
+    if any(k.startswith("impact_") for k in keys):
+        found.append("impact")
+    if any(k.startswith("topics_") for k in keys):
+        found.append("topics")
+    return found
+
+
+class Teacher:
+    """Scores texts with the teacher through the batch scorer, caching its part files."""
+
+    def __init__(self, config: DistillConfig, topics: Sequence[str]):
+        from inference.engine import model_fingerprint
+        from training.modeling import read_meta
+
+        assert config.teacher is not None
+        self.config = config
+        self.model_dir = str(Path(config.teacher).resolve())
+        self.meta = read_meta(self.model_dir)
+        self.heads = teacher_heads(self.meta, config.heads)
+        if not self.heads:
+            from training.config import ConfigError
+
+            raise ConfigError(
+                [
+                    f"distill.teacher='{config.teacher}' reports no validation metrics, so which of its heads "
+                    "were trained is unknown; name them: distill.heads=[sentiment,...]"
+                ]
+            )
+        self.fingerprint = model_fingerprint(self.model_dir)
+        self.root = Path(config.cache_dir) if config.cache_dir else cache_dir() / "distill"
+        teacher_topics = list(self.meta["schema"]["topics"])
+        # The student's topic i is the teacher's topic index[i] (or none: -1).
+        self.topic_index = [teacher_topics.index(t) if t in teacher_topics else -1 for t in topics]
+
+    def folder(self, texts: Sequence[str]) -> Path:
+        digest = hashlib.sha256()
+        for text in texts:
+            digest.update(text.encode("utf-8", "surrogatepass"))
+            digest.update(b"\0")
+        return self.root / f"{self.fingerprint}-{self.config.precision}" / digest.hexdigest()[:16]
+
+    def score(self, texts: Sequence[str], name: str) -> dict[str, np.ndarray]:
+        """Teacher outputs for ``texts`` (in order), from the cache or a fresh scorer run."""
+        out = self.folder(texts)
+        if not (out / "_SUCCESS").exists():
+            self._run_scorer(texts, out, name)
+        else:
+            log.info("distill: teacher outputs for %s from the cache %s", name, out)
+        table = pq.read_table(
+            sorted(str(p) for p in out.glob("part-*.parquet")),
+            columns=["id", "sentiment_probs", "sentiment_score", "impact", "topic_scores"],
+        )
+        order = np.argsort(np.asarray(table.column("id").to_pylist(), dtype=np.int64))
+        if len(order) != len(texts):
+            raise RuntimeError(
+                f"distill: the teacher scored {len(order)} of {len(texts)} rows of {name} "
+                f"(see {out}/errors-*.jsonl); delete {out} to score them again"
+            )
+        topic_scores = table.column("topic_scores").to_pylist()
+        topics = np.array(
+            [[(row[i]["score"] if i >= 0 else np.nan) for i in self.topic_index] for row in topic_scores],
+            dtype=np.float32,
+        ).reshape(len(order), len(self.topic_index))
+        return {
+            "teacher_probs": np.asarray(table.column("sentiment_probs").to_pylist(), dtype=np.float32)[order],
+            "teacher_score": np.asarray(table.column("sentiment_score").to_pylist(), dtype=np.float32)[order],
+            "teacher_impact": np.asarray(table.column("impact").to_pylist(), dtype=np.float32)[order],
+            "teacher_topics": topics[order],
+        }
+
+    def _run_scorer(self, texts: Sequence[str], out: Path, name: str) -> None:
+        from inference.score import InferenceOptions, ScoreConfig
+        from inference.score import run as score_run
+
+        out.mkdir(parents=True, exist_ok=True)
+        inputs = out / "inputs.jsonl"
+        tmp = out / "inputs.jsonl.tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for i, text in enumerate(texts):
+                fh.write(json.dumps({"id": str(i), "text": text if text.strip() else "."}) + "\n")
+        os.replace(tmp, inputs)
+        log.info("distill: scoring %d rows of %s with the teacher %s", len(texts), name, self.model_dir)
+        config = ScoreConfig(
+            model_dir=self.model_dir,
+            input=str(inputs),
+            output_dir=str(out / "scored"),
+            inference=InferenceOptions(
+                precision=self.config.precision, max_chunks=1, unit_rows=20000, topic_threshold=0.5
+            ),
+        )
+        score_run(config, [str(inputs)], single_process=True)
+        for part in (out / "scored").glob("part-*.parquet"):
+            os.replace(part, out / part.name)
+        (out / "_SUCCESS").write_text(json.dumps({"teacher": self.model_dir, "rows": len(texts)}))
+
+    def attach(self, ds: Any, name: str) -> Any:
+        """A canonical ``datasets.Dataset`` with the teacher's outputs as columns (NaN for heads not used)."""
+        targets = self.score(list(ds["text"]), name)
+        n = len(ds)
+        # Heads the student does not learn from the teacher: NaN targets (masked out by the loss).
+        unused = {
+            "sentiment": "teacher_probs",
+            "sentiment_score": "teacher_score",
+            "impact": "teacher_impact",
+            "topics": "teacher_topics",
+        }
+        for head, column in unused.items():
+            if head not in self.heads:
+                shape = (n, 1) if targets[column].ndim == 2 else (n,)
+                targets[column] = np.full(shape, np.nan, dtype=np.float32)
+        for column in TEACHER_COLUMNS:
+            ds = ds.add_column(column, targets[column].tolist())
+        return ds
+
+
+def distill_losses(
+    out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], temperature: float
+) -> dict[str, torch.Tensor]:
+    """The teacher terms: per head, averaged over rows (and topics) that have a teacher target."""
+    losses: dict[str, torch.Tensor] = {}
+    probs = batch.get("teacher_probs")
+    if probs is not None:
+        rows = ~torch.isnan(probs).any(-1)
+        if rows.any():
+            student = F.log_softmax(out["sentiment_logits"][rows].float() / temperature, -1)
+            teacher = probs[rows].clamp_min(1e-8).log() / temperature
+            teacher = F.log_softmax(teacher, -1)  # the teacher's distribution at temperature T
+            kl = F.kl_div(student, teacher, log_target=True, reduction="batchmean")
+            losses["distill_sentiment"] = kl * temperature**2
+    for key, pred in (
+        ("teacher_score", out.get("sentiment_score")),
+        ("teacher_impact", out.get("impact_logits")),
+    ):
+        target = batch.get(key)
+        if target is None or pred is None:
+            continue
+        mask = ~torch.isnan(target)
+        if mask.any():
+            if key == "teacher_impact":
+                term = F.binary_cross_entropy_with_logits(pred[mask].float(), target[mask])
+            else:
+                term = ((pred[mask].float() - target[mask]) ** 2).mean()
+            losses["distill_" + key.removeprefix("teacher_")] = term
+    topics = batch.get("teacher_topics")
+    if topics is not None and "topic_logits" in out and topics.shape[-1] == out["topic_logits"].shape[-1]:
+        mask = ~torch.isnan(topics)
+        if mask.any():
+            logits = out["topic_logits"].float()
+            losses["distill_topics"] = F.binary_cross_entropy_with_logits(logits[mask], topics[mask])
+    return losses
