@@ -85,6 +85,8 @@ EXPERIMENTS = [
         [EVALS["fpb"]],
         max_minutes=45,
     ),
+    Experiment("fiqa_mpnet", ["experiment=fiqa_mpnet"], [EVALS["fiqa"]], max_minutes=45),
+    Experiment("sentfin_mpnet", ["experiment=sentfin_mpnet"], [EVALS["sentfin"]], max_minutes=45),
     Experiment(
         "mix",
         ["experiment=mix_minilm"],

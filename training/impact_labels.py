@@ -136,7 +136,8 @@ class Calendar:
         return self.prices[1:] / self.prices[:-1] - 1.0
 
 
-def load_prices(config: ImpactLabelsConfig) -> dict[str, Calendar]:
+def load_prices(config: Any) -> dict[str, Calendar]:
+    """Calendars per ticker from ``config.prices`` / ``config.price_columns`` (impact labels and signals)."""
     cols = config.price_columns
     if isinstance(config.prices, dict):
         frames = []
@@ -166,7 +167,8 @@ def load_prices(config: ImpactLabelsConfig) -> dict[str, Calendar]:
 class Benchmark:
     """Daily benchmark returns: an index series, or the equal-weighted mean of every ticker's return."""
 
-    def __init__(self, config: ImpactLabelsConfig, calendars: dict[str, Calendar]):
+    def __init__(self, config: Any, calendars: dict[str, Calendar]):
+        # config: ImpactLabelsConfig or inference.signals.SignalsConfig (same benchmark keys)
         self.exclude_self = config.exclude_self
         self.own: dict[str, pd.Series] = {}
         self.count: pd.Series | None = None
@@ -216,8 +218,12 @@ class Benchmark:
         return self.daily.reindex(idx).to_numpy()
 
 
-def event_session(value: Any, cal: Calendar, config: ImpactLabelsConfig) -> int | str:
-    """Index of the event session in the ticker's calendar, or the reason there is none."""
+def event_session(value: Any, cal: Calendar, config: Any) -> int | str:
+    """Index of the event session in the ticker's calendar, or the reason there is none.
+
+    The one session-alignment rule of the project: impact labels and ``inference.signals`` both call it
+    (``config`` has ``timezone``, ``naive_timezone``, ``market_close`` and ``date_only_session``).
+    """
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "missing timestamp"
     try:

