@@ -392,13 +392,25 @@ def build(seed: int = 13) -> tuple[list[dict], list[dict]]:
     return train, val
 
 
+def published_at(i: int) -> str:
+    """A publication time (UTC) for row i: about six stories a day from 2024-03-04, some after the New York
+    close and on weekends, so `inference.signals` has sessions to place them on."""
+    import datetime as dt
+
+    start = dt.datetime(2024, 3, 4, tzinfo=dt.timezone.utc)
+    hours = [13.25, 15.5, 17.75, 19.0, 21.5, 23.25]  # 09:15 ... 19:15 New York time (EDT from 10 March)
+    when = start + dt.timedelta(days=i // len(hours), hours=hours[i % len(hours)])
+    return when.isoformat().replace("+00:00", "Z")
+
+
 def main() -> None:
     out = Path(__file__).resolve().parent
     train, val = build()
     for name, rows in (("train", train), ("validation", val)):
         with open(out / f"{name}.jsonl", "w", encoding="utf-8") as fh:
             for i, row in enumerate(rows):
-                fh.write(json.dumps({"id": f"{name}-{i:04d}", **row}, ensure_ascii=False) + "\n")
+                record = {"id": f"{name}-{i:04d}", **row, "published_at": published_at(i)}
+                fh.write(json.dumps(record, ensure_ascii=False) + "\n")
     print(f"train: {len(train)} rows, validation: {len(val)} rows")
 
 
