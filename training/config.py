@@ -284,7 +284,9 @@ def load_config(cfg: DictConfig | dict[str, Any], schema: type[T]) -> T:
         merged = OmegaConf.merge(OmegaConf.structured(schema), container)
         return OmegaConf.to_object(merged)  # type: ignore[return-value]
     except OmegaConfBaseException as err:
-        cause = err.__cause__ or err.__context__
+        cause: BaseException | None = err
+        while cause is not None and not isinstance(cause, ConfigError):
+            cause = cause.__cause__ or cause.__context__
         if isinstance(cause, ConfigError):  # raised by a resolver (e.g. a missing extra): its own words
             raise ConfigError(cause.problems) from None
         raise ConfigError([_describe_omegaconf_error(err)]) from None

