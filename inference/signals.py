@@ -210,9 +210,9 @@ def lexicon_scores(texts: list[str], method: str) -> np.ndarray:
 
         lm = ps.LM()
         return np.array([lm.get_score(lm.tokenize(t or ""))["Polarity"] for t in texts])
-    except ImportError:
+    except ImportError as error:
         raise ConfigError(
-            [f'baselines=[{method}] needs the extra `signals`: pip install -e ".[signals]"']
+            [f'baselines=[{method}] needs the extra `signals` ({error}): pip install -e ".[signals]"']
         ) from None
 
 

@@ -72,9 +72,12 @@ EXPERIMENTS = [
     Experiment("tfn_topic", ["experiment=tfn_topic_minilm"], [EVALS["tfn_topic"]]),
     Experiment("stocknet", ["experiment=stocknet_minilm"], [EVALS["stocknet"]]),
     Experiment("tfns_mpnet", ["experiment=tfns_mpnet"], [EVALS["tfns"]], max_minutes=45),
+    # the same recipe on a second seed (issue 12 asks for two where the margin is under a point); its
+    # export is the teacher of tfns_distill
+    Experiment("tfns_mpnet_s2", ["experiment=tfns_mpnet", "seed=2"], [EVALS["tfns"]], max_minutes=45),
     Experiment(
         "tfns_distill",
-        ["experiment=tfns_distill", "distill.teacher={work}/tfns_mpnet/model"],
+        ["experiment=tfns_distill", "distill.teacher={work}/tfns_mpnet_s2/model"],
         [EVALS["tfns"]],
         max_minutes=45,
     ),
