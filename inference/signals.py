@@ -56,6 +56,7 @@ class EvaluationOptions:
     quantiles: int = 5
     cost_bps: float = 10.0
     min_tickers: int = 5  # a session counts for the IC only with at least this many tickers
+    min_sessions: int = 20  # a ticker counts for the time-series IC only with this many news sessions
     periods_per_year: int = 252
 
 
@@ -345,13 +346,44 @@ def evaluate_signal(
     return stats
 
 
+def _corr_t(r: float, n: int) -> float:
+    return r * math.sqrt((n - 2) / (1 - r**2)) if n > 2 and abs(r) < 1 else float("nan")
+
+
+def time_series_ic(data: pd.DataFrame, signal: str, ret: str, opts: EvaluationOptions) -> dict[str, Any]:
+    """Per ticker, the rank correlation over its news sessions of ``signal`` with ``ret``; then across tickers.
+
+    For archives of few names (a cross-section of under ``min_tickers`` has no daily IC): each ticker with
+    at least ``min_sessions`` sessions gives one IC with its own t (r * sqrt((n - 2) / (1 - r^2)));
+    ``t_stat`` is across tickers, or the single ticker's own.
+    """
+    rows = data.dropna(subset=[signal, ret])
+    per: dict[str, dict[str, Any]] = {}
+    for ticker, g in rows.groupby("ticker", sort=True):
+        if len(g) < opts.min_sessions or g[signal].nunique() < 2:
+            continue
+        r = float(g[signal].rank().corr(g[ret].rank()))
+        per[str(ticker)] = {"ic": r, "sessions": len(g), "t_stat": _corr_t(r, len(g))}
+    ics = np.asarray([v["ic"] for v in per.values()], dtype=float)
+    mean = float(ics.mean()) if len(ics) else float("nan")
+    if len(ics) > 1 and ics.std(ddof=1) > 0:
+        t = mean / ics.std(ddof=1) * math.sqrt(len(ics))
+    elif len(ics) == 1:
+        t = next(iter(per.values()))["t_stat"]
+    else:
+        t = float("nan")
+    n_obs = sum(v["sessions"] for v in per.values())
+    return {"mean_ic": mean, "t_stat": float(t), "n_tickers": len(ics), "n_obs": n_obs, "per_ticker": per}
+
+
 def evaluate(
     signals: pd.DataFrame, returns: pd.DataFrame, columns: list[str], opts: EvaluationOptions
 ) -> dict:
     data = signals.merge(returns, on=["ticker", "session"], how="inner")
-    result: dict[str, Any] = {"horizons": {}, "same_session": {}}
+    result: dict[str, Any] = {"horizons": {}, "same_session": {}, "time_series": {}}
     for h in opts.horizons:
         result["horizons"][str(h)] = {c: evaluate_signal(data, c, f"ret_{h}", h, opts) for c in columns}
+        result["time_series"][str(h)] = {c: time_series_ic(data, c, f"ret_{h}", opts) for c in columns}
     result["same_session"] = {c: evaluate_signal(data, c, "ret_same", 1, opts) for c in columns}
     return result
 
@@ -381,6 +413,14 @@ def evaluation_markdown(ev: dict[str, Any]) -> str:
                 f"{_f(s['long_short_sharpe'], 2)} | {_f(s['long_short_sharpe_net'], 2)} | {_f(s['turnover'], 2)} |"
             )
         lines.append("")
+    for h, table in ev.get("time_series", {}).items():
+        lines += [f"### Per ticker over time, horizon {h}: rank IC over each ticker's news sessions", "",
+                  "| signal | mean IC across tickers | t | tickers | sessions |", "|---|---|---|---|---|"]  # fmt: skip
+        for name, s in table.items():
+            lines.append(
+                f"| {name} | {_f(s['mean_ic'], 4)} | {_f(s['t_stat'], 2)} | {s['n_tickers']} | {s['n_obs']} |"
+            )
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -399,7 +439,8 @@ def plots(ev: dict[str, Any], out: Path) -> dict[str, str]:
         if d["session"]:
             ax.plot(pd.to_datetime(d["session"]), np.cumsum(d["long_short"]), label=name)
     ax.set_title(f"Cumulative quantile long-short return, h={first} (before costs)")
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
     fig.autofmt_xdate()
     files["cumulative_long_short"] = str(out / "cumulative_long_short.png")
     fig.savefig(files["cumulative_long_short"], dpi=110, bbox_inches="tight")
@@ -413,7 +454,8 @@ def plots(ev: dict[str, Any], out: Path) -> dict[str, str]:
             ax.plot(monthly.index, monthly.to_numpy(), marker="o", label=name)
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_title(f"Monthly mean rank IC, h={first}")
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
     fig.autofmt_xdate()
     files["monthly_ic"] = str(out / "monthly_ic.png")
     fig.savefig(files["monthly_ic"], dpi=110, bbox_inches="tight")
@@ -432,7 +474,8 @@ def plots(ev: dict[str, Any], out: Path) -> dict[str, str]:
     )
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_title("Mean rank IC by horizon")
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
     files["ic_by_horizon"] = str(out / "ic_by_horizon.png")
     fig.savefig(files["ic_by_horizon"], dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -592,6 +635,7 @@ def run(config: SignalsConfig) -> dict[str, Any]:
         public = {
             "horizons": {h: {c: _public(s) for c, s in t.items()} for h, t in ev["horizons"].items()},
             "same_session": {c: _public(s) for c, s in ev["same_session"].items()},
+            "time_series": ev["time_series"],
             "benchmark": bench.description,
             "options": asdict(config.evaluation),
         }

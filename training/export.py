@@ -165,12 +165,67 @@ def export_onnx(model: NewsImpactModel, tokenizer: Any, path: Path, opset: int) 
     )
 
 
+# Backbones we can name on the Hugging Face Hub when the run used a local copy (the packaged ones).
+_KNOWN_BASES = {
+    "all-minilm-l6-v2": "sentence-transformers/all-MiniLM-L6-v2",
+    "all-mpnet-base-v2": "sentence-transformers/all-mpnet-base-v2",
+}
+# Data folders (a source's `root`) that are re-packagings of a Hub dataset.
+_KNOWN_DATASETS = {
+    "tfns": "zeroshot/twitter-financial-news-sentiment",
+    "tfn_topic": "zeroshot/twitter-financial-news-topic",
+    "fpb": "takala/financial_phrasebank",
+    "fiqa_sa": "pauri32/fiqa-2018",
+    "fnspid_sample": "Zihan1004/FNSPID",
+}
+
+
+def _hub_base_model(base_model: str) -> str | None:
+    """The Hub id of the backbone: itself when it is one, else a packaged copy's upstream id, else None."""
+    if not Path(base_model).exists() and base_model.count("/") == 1:
+        return base_model
+    flat = base_model.lower().replace("_", "-")
+    return next((hub for key, hub in _KNOWN_BASES.items() if key in flat), None)
+
+
+def _front_matter(meta: dict[str, Any], run_info: dict[str, Any]) -> str:
+    """Hugging Face model-card metadata, so an export folder can be pushed to the Hub as it is."""
+    import yaml
+
+    sources = run_info.get("config", {}).get("data", {}).get("sources", {}) or {}
+    roots = [Path(str(src.get("root", ""))).name for src in sources.values() if isinstance(src, dict)]
+    card: dict[str, Any] = {
+        "library_name": "peft" if meta["format"] == "adapter" else "transformers",
+        "language": ["en"],
+        "pipeline_tag": "text-classification",
+        "tags": ["newsimpact", "finance", "financial-news", "sentiment-analysis", "market-impact"]
+        + (["lora"] if meta["peft"].get("method", "lora") == "lora" else [])
+        + (["onnx"] if meta["format"] == "onnx" else []),
+    }
+    base = _hub_base_model(str(meta["base_model"]))
+    if base:
+        card["base_model"] = base
+    datasets = sorted({_KNOWN_DATASETS[r] for r in roots if r in _KNOWN_DATASETS})
+    if datasets:
+        card["datasets"] = datasets
+    names = {k.split("/")[-1] for k in run_info.get("val_metrics") or {}}
+    # Hub metric ids of the validation metrics logged (f1_macro -> f1, ..._spearman -> spearmanr)
+    hub_metrics = {"f1": "f1", "accuracy": "accuracy", "spearman": "spearmanr", "mse": "mse"}
+    metrics = sorted({hub for key, hub in hub_metrics.items() if any(key in n for n in names)})
+    if metrics:
+        card["metrics"] = metrics
+    return "---\n" + yaml.safe_dump(card, sort_keys=False) + "---\n"
+
+
 def _model_card(meta: dict[str, Any], run_info: dict[str, Any]) -> str:
     metrics = run_info.get("val_metrics") or {}
     rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items())) or "| (none logged) | |"
     sources = ", ".join(run_info.get("config", {}).get("data", {}).get("sources", {})) or "unknown"
     schema = meta["schema"]
-    return f"""# newsimpact model ({meta["format"]})
+    return (
+        _front_matter(meta, run_info)
+        + f"""
+# newsimpact model ({meta["format"]})
 
 Financial-news sentiment and market-impact model exported by newsimpact.
 
@@ -197,6 +252,7 @@ expected size of the market reaction, topics. Run it with `python -m inference.s
 - Not investment advice; English only; behaviour on other domains (social media slang, other languages)
   is untested.
 """
+    )
 
 
 def run(config: ExportConfig) -> Path:

