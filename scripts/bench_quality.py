@@ -286,13 +286,20 @@ def markdown(results: list[dict[str, Any]], info: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: Path, body: str) -> None:
+def write_section(
+    path: Path,
+    body: str,
+    markers: tuple[str, str] = (BEGIN, END),
+    title: str = "Quality on public datasets (`scripts/bench_quality.py`)",
+) -> None:
+    """Replace the text between ``markers`` in ``path`` (or append a section ``title`` holding them)."""
+    begin, end = markers
     text = path.read_text()
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + BEGIN + "\n" + body + "\n" + END + rest.split(END, 1)[1]
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + begin + "\n" + body + "\n" + end + rest.split(end, 1)[1]
     else:
-        text += f"\n## Quality on public datasets (`scripts/bench_quality.py`)\n{BEGIN}\n{body}\n{END}\n"
+        text += f"\n## {title}\n{begin}\n{body}\n{end}\n"
     path.write_text(text)
 
 

