@@ -120,6 +120,12 @@ def run_model(
     print(f"[{dataset}/{name}] signals", flush=True)
     _run(signals_cmd, out / "signals.log")
     ev = json.loads((out / "signals" / "evaluation.json").read_text())
+    for table in ev.get(
+        "time_series", {}
+    ).values():  # per-ticker ICs of a wide universe stay in evaluation.json
+        for stats in table.values():
+            if len(stats["per_ticker"]) > 5:
+                stats.pop("per_ticker")
     summary = json.loads((out / "scored" / "manifest.json").read_text())
     return {
         "model": name,
