@@ -355,10 +355,10 @@ class Scorer:
         return records
 
 
-def load_ticker_map(path: str | None, inline: Mapping[str, str]) -> dict[str, str]:
+def load_ticker_map(path: str | None, inline: Mapping[str, str] | None) -> dict[str, str]:
     """Company-name → ticker map from a JSON file ({"Alibaba": "BABA"}) merged with inline entries."""
     mapping: dict[str, str] = {}
     if path:
         mapping.update(json.loads(Path(path).read_text()))
-    mapping.update(inline)
+    mapping.update(inline or {})
     return mapping

@@ -61,7 +61,9 @@ class InferenceOptions:
     stride: int | None = None  # tokens of overlap between chunks; null: the model folder's setting
     impact_aggregation: str = "max"  # max | mean
     topic_threshold: float = 0.5
-    ticker_map: dict[str, str] = field(default_factory=dict)
+    # None, not {}: Hydra merges a dict override into an existing dict node, where struct mode refuses the
+    # new keys; onto null, `inference.ticker_map={Alibaba: BABA}` is a plain assignment
+    ticker_map: dict[str, str] | None = None
     ticker_map_file: str | None = None
     max_error_rate: float | None = None
     overwrite: bool = False

@@ -124,3 +124,14 @@ def test_sigkill_mid_job_then_rerun_scores_every_row_once(exported, tmp_path):
     merged = got.merge(ref, on="id")
     assert np.abs(merged["impact_x"] - merged["impact_y"]).max() < 1e-5
     assert not list(out.glob(".*tmp*")), "no temporary files may remain"
+
+
+def test_ticker_map_override_works_as_the_readme_writes_it(exported, tmp_path):
+    inputs = write_jsonl(tmp_path / "in.jsonl", [{"id": "1", "text": "Alibaba's cloud revenue grew 26 %"}])
+    result = subprocess.run(
+        _cli(f"model_dir={exported['merged']}", f"input={inputs}", f"output_dir={tmp_path}/o",
+             "inference.ticker_map={Alibaba: BABA}", "inference.progress=false"),
+        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert [t["ticker"] for t in _read(tmp_path / "o")["tickers"][0]] == ["BABA"]
