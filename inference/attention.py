@@ -85,13 +85,20 @@ def register() -> str:
     return NAME
 
 
+def is_registered() -> bool:
+    from transformers import AttentionInterface
+
+    return NAME in AttentionInterface().valid_keys()
+
+
 def use_cpu_attention(model: Any) -> bool:
-    """Switch a loaded transformers model to :data:`NAME`; False (model unchanged) where it cannot."""
+    """Switch a loaded transformers model to :data:`NAME` (registered first with :func:`register`);
+    False (model unchanged) where it cannot."""
     setter = getattr(model, "set_attn_implementation", None)
-    if setter is None:
+    if setter is None or not is_registered():
         return False
     try:
-        setter(register())
+        setter(NAME)
     except (ValueError, ImportError, AttributeError, TypeError):
         return False
     # Models with their own attention code (MPNet's relative position bias, for one) only log a warning and

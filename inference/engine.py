@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from inference.attention import use_cpu_attention
+from inference import attention as cpu_attention
 from inference.cpu_ops import keep_heap_memory, use_inplace_gelu
 from training.modeling import HEADS_FILE, META_FILE, load_tokenizer, load_trained, read_meta
+from training.records import HEAD_OUTPUTS, head_outputs
 from training.text import normalize
 from training.tickers import extract_tickers, find_mentions, spans_to_tokens
 
@@ -41,6 +42,40 @@ class Chunk:
     article: int  # index into the window's articles
     input_ids: np.ndarray  # int32; arrays, not lists: a window holds thousands of chunks
     entity_tokens: list[list[int]]  # per ticker of the article (empty list: not mentioned here)
+
+
+def configure_process(device: str = "cpu", keep_heap: bool = True, arrow_pool: bool = True) -> None:
+    """Process-wide settings for scoring, set once by the entry point (a Scorer changes none of them).
+
+    On CPU: a single-threaded tokenizer (the background tokenizer thread shares the cores with the
+    model's threads; a multi-threaded tokenizer stalls their parallel regions: +4.5 % docs/s on the CPU
+    box), glibc keeping freed heap memory (``keep_heap``, inference/cpu_ops.py), and the bmm attention
+    registered with transformers (inference/attention.py), which a Scorer then uses in bf16. Everywhere:
+    Arrow allocating from the system heap (``arrow_pool``; one retained heap, not two: -70 MB peak RSS
+    at 6,000 documents on the CPU box, same speed).
+    """
+    import pyarrow as pa
+
+    if torch.device(device).type == "cpu":
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        if keep_heap:
+            keep_heap_memory()  # before the model and the first batches allocate
+        cpu_attention.register()
+    if arrow_pool and keep_heap and "ARROW_DEFAULT_MEMORY_POOL" not in os.environ:
+        pa.set_memory_pool(pa.system_memory_pool())
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """``auto``: bf16 on GPUs that support it and on CPUs with native bf16 (AVX512-BF16 or AMX), else fp32."""
+    if precision != "auto":
+        return precision
+    if torch.device(device).type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    native = (
+        getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+        or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    )
+    return "bf16" if native else "fp32"
 
 
 def model_fingerprint(model_dir: str | Path) -> str:
@@ -89,11 +124,20 @@ class Runner:
             model.backbone.to(torch.bfloat16 if precision == "bf16" else torch.float16)
         self.model = model.to(self.device).eval()
         # bmm -> softmax -> bmm per sequence: ~7 % faster than the fused SDPA kernel at 128-token bf16
-        # chunks on the CPU box (inference/attention.py; the same within 3e-7 in fp32).
+        # chunks on the CPU box (inference/attention.py; the same within 3e-7 in fp32). It is registered
+        # process-wide by configure_process(), which the entry points call.
+        if attention == "bmm" and not cpu_attention.is_registered():
+            raise ValueError(
+                "attention='bmm' needs the CPU attention registered: call "
+                "inference.engine.configure_process() once before building a Scorer"
+            )
         wanted = attention == "bmm" or (
-            attention == "auto" and self.device.type == "cpu" and precision == "bf16"
+            attention == "auto"
+            and self.device.type == "cpu"
+            and precision == "bf16"
+            and cpu_attention.is_registered()
         )
-        if wanted and use_cpu_attention(model.backbone):
+        if wanted and cpu_attention.use_cpu_attention(model.backbone):
             self.attention = "bmm"
         else:  # what the model runs: sdpa for most, eager for models with their own attention (MPNet)
             self.attention = str(getattr(model.backbone.config, "_attn_implementation", None) or "sdpa")
@@ -121,25 +165,22 @@ class Runner:
                     "entity_mask": entity_mask.numpy(),
                 },
             )
-            names = ["sentiment_probs", "sentiment_score", "impact", "topic_scores", "ticker_score"]
-            return dict(zip(names, outputs))
+            return dict(zip(HEAD_OUTPUTS, outputs))
         non_blocking = self.device.type == "cuda"
         ids = ids.to(self.device, non_blocking=non_blocking)
         mask = mask.to(self.device, non_blocking=non_blocking)
         entity_mask = entity_mask.to(self.device, non_blocking=non_blocking)
         with self._autocast():
-            out = self.model(ids, mask, entity_mask)
-        return {
-            "sentiment_probs": torch.softmax(out["sentiment_logits"].float(), -1).cpu().numpy(),
-            "sentiment_score": out["sentiment_score"].float().cpu().numpy(),
-            "impact": out["impact"].float().cpu().numpy(),
-            "topic_scores": torch.sigmoid(out["topic_logits"].float()).cpu().numpy(),
-            "ticker_score": out["ticker_score"].float().cpu().numpy(),
-        }
+            out = head_outputs(self.model(ids, mask, entity_mask))
+        return {name: out[name].cpu().numpy() for name in HEAD_OUTPUTS}
 
 
 class Scorer:
-    """Turns a window of articles into scored records."""
+    """Turns a window of articles into scored records.
+
+    Changes no process-wide state: call :func:`configure_process` once first (the entry points do).
+    ``precision`` is fp32, bf16 or fp16 (resolve ``auto`` with :func:`resolve_precision`).
+    """
 
     def __init__(
         self,
@@ -152,7 +193,6 @@ class Scorer:
         max_batch_size: int = 256,
         pad_to_multiple_of: int = 16,
         attention: str = "auto",
-        keep_heap: bool = True,
         max_chunks: int = 16,
         stride: int | None = None,
         impact_aggregation: str = "max",
@@ -169,12 +209,6 @@ class Scorer:
             if stride is not None
             else self.meta.get("chunking", {}).get("stride", self.max_length // 8)
         )
-        if torch.device(device).type == "cpu":
-            # The background tokenizer thread shares the cores with the model's threads: a multi-threaded
-            # tokenizer stalls their parallel regions (single-threaded: +4.5 % docs/s on the CPU box).
-            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-            if keep_heap:
-                keep_heap_memory()  # before the model and the first batches allocate (inference/cpu_ops.py)
         self.tokenizer = load_tokenizer(model_dir)
         use_onnx = self.meta.get("format") == "onnx"
         self.runner = Runner(model_dir, device, precision, compile, use_onnx, attention)

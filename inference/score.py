@@ -1,28 +1,30 @@
 """Score news archives with an exported model: ``python -m inference.score model_dir=DIR input=GLOB output_dir=OUT``.
 
-Several processes: ``torchrun --nproc_per_node=N -m inference.score ...`` or
-``accelerate launch --num_processes N -m inference.score ...``: one model copy per process/device.
-
-Contract (DESIGN section 6): every input file is cut into fixed row ranges (work units) assigned to ranks
-round-robin. A unit's ``part-*.parquet`` (and its ``errors-*.jsonl``) is written to a temporary name and
-renamed into place when complete, so a part exists only whole; a rerun of the same command skips units
-whose part exists. Rows that cannot be scored go to the errors file with file, row number, a truncated
-copy and the reason; scored + errors = rows read. ``manifest.json`` and ``_SUCCESS`` appear when every
-unit is done.
+Several workers share one job (DESIGN section 6, inference/jobs.py): ``torchrun --nproc_per_node=N -m
+inference.score ...`` (or ``accelerate launch``), the same command started N times on one shared
+``output_dir`` (a SLURM array, preemptible nodes, several machines), or ``inference.backend=ray`` on a Ray
+cluster (inference/ray_backend.py). Files are cut into work units without reading their bodies
+(inference/readers.py); each worker claims the next unfinished unit when it is free. A unit's
+``part-*.parquet`` (and its ``errors-*.jsonl``) is written to a temporary name and renamed into place when
+complete, so a part exists only whole; a rerun of the same command scores only what is not done. Rows
+that cannot be scored go to the errors file with the file, their location (byte offset or row number), a
+truncated copy and the reason; scored + errors = rows read. ``manifest.json`` (with what every worker of
+this run did) and ``_SUCCESS`` appear when every unit is done.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import itertools
 import json
 import logging
 import os
-import shutil
 import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -32,31 +34,35 @@ import pyarrow.parquet as pq
 import torch
 from omegaconf import DictConfig
 
-from inference.engine import Article, Scorer, load_ticker_map, model_fingerprint
-from inference.readers import BadRow, count_rows, expand_inputs, read_range
+from inference import jobs
+from inference.engine import (
+    Article,
+    Scorer,
+    configure_process,
+    load_ticker_map,
+    model_fingerprint,
+    resolve_precision,
+)
+from inference.readers import BadRow, Unit, expand_inputs, plan_units, read_unit
 from training.config import ConfigError, exit_on_config_error, load_validated
 from training.modeling import META_FILE
+from training.records import record_schema
 
 log = logging.getLogger("newsimpact.score")
-JOB_FILE = "_job.json"
 
 
 @dataclass
-class InferenceOptions:
+class OutputOptions:
+    """Options that change the values written: a job's identity is made of these and the model.
+
+    A rerun into an existing output_dir must repeat them (or pass ``overwrite``)."""
+
     id_column: str = "id"
     text_column: str = "text"
     tickers_column: str = "tickers"  # used when an input row has it; else tickers are extracted
     keep_columns: list[str] = field(default_factory=list)
-    unit_rows: int = 5000
-    window: int = 1024  # articles tokenized and length-sorted together
-    batch_tokens: int | None = None  # padded tokens per forward pass; None: 4,096 on CPU, 16,384 on GPU
-    max_batch_size: int = 256
-    pad_to_multiple_of: int = 16  # batch lengths rounded up to this: few shapes keep CPU memory flat
-    attention: str = "auto"  # auto (bmm on CPU in bf16, else SDPA) | sdpa | bmm
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16: GPU only)
-    device: str = "auto"  # auto | cpu | cuda
-    compile: bool = False
-    keep_heap: bool = True  # CPU, glibc: large tensors from a heap that keeps freed memory (faster)
+    unit_rows: int = 5000  # rows per work unit (approximate for byte ranges); fixes the job's plan
+    precision: str = "auto"  # auto (bf16 on GPUs and CPUs with native bf16, else fp32) | fp32 | bf16 | fp16
     max_chunks: int = 16
     stride: int | None = None  # tokens of overlap between chunks; null: the model folder's setting
     impact_aggregation: str = "max"  # max | mean
@@ -65,10 +71,42 @@ class InferenceOptions:
     # new keys; onto null, `inference.ticker_map={Alibaba: BABA}` is a plain assignment
     ticker_map: dict[str, str] | None = None
     ticker_map_file: str | None = None
+
+
+@dataclass
+class RayOptions:
+    address: str | None = None  # null: start a local Ray instance on this machine; "auto": join a cluster
+    num_cpus: int | None = None  # CPUs of a local instance (null: all)
+    actors: int | None = None  # scorer actors; null: one per GPU of the cluster, else CPUs / cpus_per_actor
+    cpus_per_actor: int = 1
+    gpus_per_actor: float | None = None  # null: 1 where the cluster has GPUs, else 0
+
+
+@dataclass
+class RunOptions:
+    """Options that change only speed or policy: a rerun may change them freely."""
+
+    backend: str = "local"  # local: this process (or torchrun ranks, or independent processes) | ray
+    window: int = 1024  # articles tokenized and length-sorted together
+    batch_tokens: int | None = None  # padded tokens per forward pass; None: 4,096 on CPU, 16,384 on GPU
+    max_batch_size: int = 256
+    pad_to_multiple_of: int = 16  # batch lengths rounded up to this: few shapes keep CPU memory flat
+    attention: str = "auto"  # auto (bmm on CPU in bf16, else SDPA) | sdpa | bmm
+    device: str = "auto"  # auto | cpu | cuda
+    compile: bool = False
+    keep_heap: bool = True  # CPU, glibc: large tensors from a heap that keeps freed memory (faster)
     max_error_rate: float | None = None
     overwrite: bool = False
     progress: bool = True
+    claim_timeout_s: int = 300  # a claim on another host untouched this long is taken over
     dist_timeout_s: int = 86400
+    ray: RayOptions = field(default_factory=RayOptions)
+
+
+@dataclass
+class InferenceOptions(OutputOptions, RunOptions):
+    """``inference.*``: one flat group for users; the two bases say which options make the job identity
+    (a new option has to be put in one of them)."""
 
 
 @dataclass
@@ -77,19 +115,6 @@ class ScoreConfig:
     input: Any = "???"  # a glob, a path, or a list of them
     output_dir: str = "???"
     inference: InferenceOptions = field(default_factory=InferenceOptions)
-
-
-@dataclass
-class Unit:
-    file_index: int
-    path: str
-    index: int
-    start: int
-    end: int
-
-    @property
-    def name(self) -> str:
-        return f"{self.file_index:05d}-{self.index:05d}"
 
 
 def validate_score_config(config: ScoreConfig) -> list[str]:
@@ -107,13 +132,23 @@ def validate_score_config(config: ScoreConfig) -> list[str]:
             f"input='{config.input}' matches no file; check the path or glob (quote it in the shell)"
         )
     opts = config.inference
-    if opts.precision not in ("fp32", "bf16", "fp16"):
-        problems.append(f"inference.precision='{opts.precision}' must be fp32, bf16 or fp16")
+    if opts.precision not in ("auto", "fp32", "bf16", "fp16"):
+        problems.append(f"inference.precision='{opts.precision}' must be auto, fp32, bf16 or fp16")
     if opts.attention not in ("auto", "sdpa", "bmm"):
         problems.append(f"inference.attention='{opts.attention}' must be auto, sdpa or bmm")
     if opts.impact_aggregation not in ("max", "mean"):
         problems.append(f"inference.impact_aggregation='{opts.impact_aggregation}' must be max or mean")
-    for key in ("unit_rows", "window", "batch_tokens", "max_batch_size", "max_chunks", "pad_to_multiple_of"):
+    if opts.backend not in ("local", "ray"):
+        problems.append(f"inference.backend='{opts.backend}' must be local or ray")
+    for key in (
+        "unit_rows",
+        "window",
+        "batch_tokens",
+        "max_batch_size",
+        "max_chunks",
+        "pad_to_multiple_of",
+        "claim_timeout_s",
+    ):
         if getattr(opts, key) is not None and getattr(opts, key) < 1:
             problems.append(f"inference.{key} must be >= 1")
     if opts.max_error_rate is not None and not 0 <= opts.max_error_rate <= 1:
@@ -125,7 +160,7 @@ def validate_score_config(config: ScoreConfig) -> list[str]:
     return files
 
 
-# -- distributed plumbing ---------------------------------------------------------------------------
+# -- distributed plumbing (torchrun / accelerate launch) ---------------------------------------------
 def _dist_env() -> tuple[int, int, int]:
     """(rank, world_size, local_rank) as torchrun and accelerate launch set them."""
     return (
@@ -138,8 +173,9 @@ def _dist_env() -> tuple[int, int, int]:
 def _init_dist(world: int, timeout_s: int) -> bool:
     if world <= 1 or not torch.distributed.is_available():
         return False
-    # The model is not sharded: the process group only coordinates (plan, barriers, stats), so gloo
-    # serves on CPU and GPU alike. A long timeout lets ranks that finish early wait for the others.
+    # The model is not sharded and work is claimed through the output folder: the process group only
+    # lets rank 0 plan first and report for all ranks at the end, so gloo serves on CPU and GPU alike.
+    # A long timeout lets ranks that finish early wait for the others.
     torch.distributed.init_process_group("gloo", timeout=dt.timedelta(seconds=timeout_s))
     return True
 
@@ -149,89 +185,59 @@ def _barrier(active: bool) -> None:
         torch.distributed.barrier()
 
 
-def _broadcast(obj: Any, active: bool) -> Any:
-    if not active:
-        return obj
-    box = [obj]
-    torch.distributed.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def _gather(obj: Any, active: bool, world: int) -> list[Any]:
-    if not active:
-        return [obj]
-    out: list[Any] = [None] * world
-    torch.distributed.all_gather_object(out, obj)
-    return out
-
-
-# -- planning -----------------------------------------------------------------------------------------
-def plan_units(files: list[str], unit_rows: int) -> list[Unit]:
-    units = []
-    for f, path in enumerate(files):
-        rows = count_rows(path)
-        for u, start in enumerate(range(0, max(rows, 1), unit_rows)):
-            units.append(Unit(f, path, u, start, min(start + unit_rows, rows)))
-    return units
-
-
-def job_identity(config: ScoreConfig, files: list[str]) -> dict[str, Any]:
-    """What must match for parts in one output_dir to belong to one job."""
-    opts = asdict(config.inference)
-    for key in (
-        "overwrite",
-        "progress",
-        "device",
-        "compile",
-        "window",
-        "batch_tokens",
-        "max_batch_size",
-        "pad_to_multiple_of",
-        "attention",
-        "keep_heap",
-        "max_error_rate",
-        "dist_timeout_s",
-    ):
-        opts.pop(key)  # settings that change speed or policy, not the values written
+# -- the job ------------------------------------------------------------------------------------------
+def job_identity(config: ScoreConfig, files: list[str], precision: str) -> dict[str, Any]:
+    """What must match for parts in one output_dir to belong to one job: the model, the inputs and the
+    :class:`OutputOptions` (with ``precision`` resolved and the ticker map file by its content)."""
+    opts = {f.name: getattr(config.inference, f.name) for f in fields(OutputOptions)}
+    opts["precision"] = precision
+    if opts["ticker_map_file"]:
+        opts["ticker_map_file"] = hashlib.sha256(Path(opts["ticker_map_file"]).read_bytes()).hexdigest()[:16]
     return {"model": model_fingerprint(config.model_dir), "inputs": files, "options": opts}
 
 
-def prepare_output(config: ScoreConfig, files: list[str], out: Path) -> dict[str, Any]:
-    """Rank 0: refuse to mix jobs in one folder (unless overwrite), plan units, write ``_job.json``."""
-    identity = job_identity(config, files)
-    job_path = out / JOB_FILE
-    if config.inference.overwrite and out.exists():
-        shutil.rmtree(out)
-    if job_path.exists():
-        previous = json.loads(job_path.read_text())
-        if previous["identity"] == identity:
-            # Leftovers of a killed run: never renamed into place, so they hold nothing that counts.
-            for stale in out.glob(".*.tmp-*"):
-                stale.unlink()
-            return previous
+def open_job(config: ScoreConfig, files: list[str], out: Path, precision: str) -> dict[str, Any]:
+    """The job in ``out``: planned and published here if the folder has none; refused if it holds
+    another job (unless overwrite)."""
+    identity = job_identity(config, files, precision)
+    if config.inference.overwrite:
+        jobs.reset_folder(out)
+    previous = jobs.read_job(out)
+    if previous is None:
+        if out.exists() and any(out.glob("part-*.parquet")):
+            raise ConfigError(
+                [f"output_dir='{out}' has part files but no {jobs.JOB_FILE}; use a new output_dir"]
+            )
+        started = time.perf_counter()
+        units = plan_units(files, config.inference.unit_rows)
+        job = {
+            "identity": identity,
+            "units": jobs.plan_record(units),
+            "created_at": _now(),
+            "planning_seconds": round(time.perf_counter() - started, 3),
+        }
+        previous = jobs.publish_job(out, job)
+    if previous["identity"] != identity:
         differs = [k for k in identity if previous["identity"].get(k) != identity[k]]
+        detail = ""
+        if "options" in differs:
+            changed = [
+                f"{k}: {previous['identity']['options'].get(k)!r} -> {v!r}"
+                for k, v in identity["options"].items()
+                if previous["identity"]["options"].get(k) != v
+            ]
+            detail = f" ({'; '.join(changed)})"
         raise ConfigError(
             [
-                f"output_dir='{out}' holds results of another job (different {', '.join(differs)}); "
+                f"output_dir='{out}' holds results of another job (different {', '.join(differs)}{detail}); "
                 "use a new output_dir or pass inference.overwrite=true to replace them"
             ]
         )
-    if out.exists() and any(out.glob("part-*.parquet")):
-        raise ConfigError([f"output_dir='{out}' has part files but no {JOB_FILE}; use a new output_dir"])
-    out.mkdir(parents=True, exist_ok=True)
-    units = plan_units(files, config.inference.unit_rows)
-    job = {"identity": identity, "units": [asdict(u) for u in units], "created_at": _now()}
-    _atomic_write_text(job_path, json.dumps(job, indent=2))
-    return job
+    jobs.publish_job(out, previous)  # makes the bookkeeping folders of a job planned by an older version
+    return previous
 
 
 # -- rows -------------------------------------------------------------------------------------------
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat()
 
@@ -259,26 +265,30 @@ def to_article(row: dict[str, Any], opts: InferenceOptions) -> Article | str:
     return Article(str(raw_id), text, tickers, extra)
 
 
-def _error(unit: Unit, number: int, reason: str, raw: Any) -> dict[str, Any]:
+def _error(unit: Unit, location: int, reason: str, raw: Any) -> dict[str, Any]:
     copy = raw if isinstance(raw, str) else json.dumps(raw, default=str, ensure_ascii=False)
     if len(copy) > 1000:
         copy = copy[:1000] + f"... [{len(copy) - 1000} more characters]"
-    return {"file": unit.path, "row": number, "reason": reason, "raw": copy}
+    # Byte ranges know where a row is, not how many rows come before it.
+    where = "offset" if unit.kind == "bytes" else "row"
+    return {"file": unit.path, where: location, "reason": reason, "raw": copy}
 
 
-def _windows(unit: Unit, opts: InferenceOptions, errors: list[dict[str, Any]]) -> Iterator[list[Article]]:
-    """Articles of a unit in windows of ``opts.window``; the first is an eighth of that, so the model
-    starts after tokenizing a few articles instead of a whole window (later windows are tokenized in
-    the background while the model runs)."""
+def _windows(
+    unit: Unit, rows: Iterator[tuple[int, Any]], opts: InferenceOptions, errors: list[dict[str, Any]]
+) -> Iterator[list[Article]]:
+    """Articles in windows of ``opts.window``; the first is an eighth of that, so the model starts
+    after tokenizing a few articles instead of a whole window (later windows are tokenized in the
+    background while the model runs)."""
     window: list[Article] = []
     size = max(1, opts.window // 8)
-    for number, row in read_range(unit.path, unit.start, unit.end):
+    for location, row in rows:
         if isinstance(row, BadRow):
-            errors.append(_error(unit, number, row.reason, row.raw))
+            errors.append(_error(unit, location, row.reason, row.raw))
             continue
         article = to_article(row, opts)
         if isinstance(article, str):
-            errors.append(_error(unit, number, article, row))
+            errors.append(_error(unit, location, article, row))
             continue
         window.append(article)
         if len(window) >= size:
@@ -286,23 +296,6 @@ def _windows(unit: Unit, opts: InferenceOptions, errors: list[dict[str, Any]]) -
             window, size = [], opts.window
     if window:
         yield window
-
-
-def output_schema(keep: list[pa.Field]) -> pa.Schema:
-    return pa.schema(
-        [
-            ("id", pa.string()),
-            ("sentiment", pa.string()),
-            ("sentiment_probs", pa.list_(pa.float32())),
-            ("sentiment_score", pa.float32()),
-            ("impact", pa.float32()),
-            ("topics", pa.list_(pa.string())),
-            ("topic_scores", pa.list_(pa.struct([("topic", pa.string()), ("score", pa.float32())]))),
-            ("tickers", pa.list_(pa.struct([("ticker", pa.string()), ("sentiment_score", pa.float32())]))),
-            ("n_chunks", pa.int32()),
-            *keep,
-        ]
-    )
 
 
 def _table(records: list[dict[str, Any]], keep_columns: list[str]) -> pa.Table:
@@ -315,11 +308,11 @@ def _table(records: list[dict[str, Any]], keep_columns: list[str]) -> pa.Table:
             for r in records:
                 r[col] = json.dumps(r.get(col), default=str)
             keep_fields.append(pa.field(col, pa.string()))
-    return pa.Table.from_pylist(records, schema=output_schema(keep_fields))
+    return pa.Table.from_pylist(records, schema=record_schema(keep_fields))
 
 
 class PartWriter:
-    """Streams a unit's records into a temporary parquet file (a row group per window), then renames it.
+    """Streams a part's records into a temporary parquet file (a row group per window), then renames it.
 
     Memory stays bounded by the window, not the unit. Kept columns take their type from the first
     window; later values of a text-typed kept column are stored as JSON text.
@@ -351,57 +344,119 @@ class PartWriter:
                 ) from None
         self.writer.write_table(table)
 
-    def commit(self) -> None:
+    def close(self) -> None:
         if self.writer is None:
             pq.write_table(_table([], self.keep), self.tmp)
         else:
             self.writer.close()
+
+    def commit(self) -> None:
         self.tmp.replace(self.part)
+
+    def discard(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+class LostClaim(RuntimeError):
+    """Another worker took over this unit (our claim expired): its parts are theirs to write."""
 
 
 class Progress:
-    """One bar on rank 0 for all ranks: each rank publishes its counts in output_dir/_progress/."""
+    """A bar over the job's units with every worker's articles/s: each worker publishes its counts in
+    output_dir/_progress/, the bar reads them (one bar per torchrun job, on rank 0)."""
 
-    def __init__(self, out: Path, rank: int, world: int, total_rows: int, enabled: bool):
+    def __init__(self, out: Path, worker: str, total_units: int, enabled: bool):
+        self.out = out
         self.dir = out / "_progress"
         self.dir.mkdir(exist_ok=True)
-        self.rank, self.world = rank, world
+        self.worker = worker
         self.rows = self.tokens = 0
         self.last = 0.0
         self.start = time.perf_counter()
         self.bar = None
-        if rank == 0 and enabled:
+        if enabled:
             from tqdm.auto import tqdm
 
             self.bar = tqdm(
-                total=total_rows, unit="article", desc="scoring", dynamic_ncols=True, file=sys.stderr
+                total=total_units, unit="unit", desc="scoring", dynamic_ncols=True, file=sys.stderr
             )
+            self.bar.n = len(os.listdir(out / jobs.DONE))
+            self.bar.refresh()
 
-    def add(self, rows: int, tokens: int) -> None:
+    def add(self, rows: int, tokens: int, force: bool = False) -> None:
         self.rows += rows
         self.tokens += tokens
         now = time.perf_counter()
-        if now - self.last < 1.0:
+        if now - self.last < 1.0 and not force:
             return
         self.last = now
-        _atomic_write_text(
-            self.dir / f"rank-{self.rank}.json", json.dumps({"rows": self.rows, "tokens": self.tokens})
+        jobs.atomic_write_text(
+            self.dir / f"{self.worker}.json", json.dumps({"rows": self.rows, "tokens": self.tokens})
         )
         if self.bar is not None:
-            rows, tokens = self.rows, self.tokens
-            for other in self.dir.glob("rank-*.json"):
-                if other.name != f"rank-{self.rank}.json":
-                    with_counts = json.loads(other.read_text())
-                    rows += with_counts["rows"]
-                    tokens += with_counts["tokens"]
-            self.bar.n = rows
+            rows, tokens = 0, 0
+            for other in self.dir.glob("*.json"):
+                try:
+                    counts = json.loads(other.read_text())
+                except (OSError, json.JSONDecodeError):
+                    continue
+                rows += counts["rows"]
+                tokens += counts["tokens"]
             elapsed = max(now - self.start, 1e-9)
-            self.bar.set_postfix(tokens_s=f"{tokens / elapsed:,.0f}", refresh=False)
+            self.bar.n = min(len(os.listdir(self.out / jobs.DONE)), self.bar.total or 0)
+            self.bar.set_postfix(articles=f"{rows:,}", articles_s=f"{rows / elapsed:,.1f}", refresh=False)
             self.bar.refresh()
 
     def close(self) -> None:
         if self.bar is not None:
+            self.add(0, 0, force=True)
             self.bar.close()
+
+
+def _part_counts(out: Path, name: str) -> dict[str, int]:
+    """Counts of a part (and its errors file) already in place: a resumed stream's earlier parts."""
+    part = out / f"part-{name}.parquet"
+    scored = pq.ParquetFile(part).metadata.num_rows
+    chunks = sum(pq.read_table(part, columns=["n_chunks"]).column(0).to_pylist()) if scored else 0
+    err = out / f"errors-{name}.jsonl"
+    errors = sum(1 for line in err.read_text().splitlines() if line.strip()) if err.exists() else 0
+    return {"rows": scored + errors, "scored": scored, "errors": errors, "chunks": chunks, "tokens": 0}
+
+
+def _segments(
+    unit: Unit, opts: InferenceOptions, out: Path
+) -> tuple[list[str], int, Iterator[tuple[str, Any]]]:
+    """(parts already in place, rows they cover, the unit's remaining rows as (part name, rows) pieces).
+
+    A byte range or row-group unit is one part. A stream (a compressed file, read once) is cut into a
+    part per ``unit_rows`` input rows, so a killed stream resumes after its last whole part."""
+    columns = [opts.id_column, opts.text_column, opts.tickers_column, *opts.keep_columns]
+    if unit.kind != "stream":
+        return [], 0, iter([(unit.name, read_unit(unit, columns))])
+    done: list[str] = []
+    while (out / f"part-{unit.file_index:05d}-{len(done):05d}.parquet").exists():
+        done.append(f"{unit.file_index:05d}-{len(done):05d}")
+    skip = len(done) * opts.unit_rows
+    rows = read_unit(unit, columns, skip=skip)
+
+    def pieces() -> Iterator[tuple[str, Any]]:
+        index = len(done)
+        while True:
+            head = next(rows, None)
+            if head is None:
+                if index == 0:
+                    yield f"{unit.file_index:05d}-00000", iter(())  # an empty file: one empty part
+                return  # (index > 0: killed after its last part, before its done record)
+            # Each piece is read to its end before the next one is asked for.
+            yield (
+                f"{unit.file_index:05d}-{index:05d}",
+                itertools.chain([head], itertools.islice(rows, opts.unit_rows - 1)),
+            )
+            index += 1
+
+    return done, skip, pieces()
 
 
 def score_unit(
@@ -411,31 +466,74 @@ def score_unit(
     out: Path,
     pool: ThreadPoolExecutor,
     progress: Progress,
+    claim: jobs.Claim | None = None,
+    worker: str = "",
+) -> dict[str, Any]:
+    """Score one unit, publish its parts (and errors) atomically, then its done record. Returns counts."""
+    started = time.perf_counter()
+    parts, _, pieces = _segments(unit, opts, out)
+    counts = {"rows": 0, "scored": 0, "errors": 0, "chunks": 0, "tokens": 0}
+    for name in parts:
+        for key, value in _part_counts(out, name).items():
+            counts[key] += value
+    for name, rows in pieces:
+        piece = _score_piece(scorer, unit, name, rows, opts, out, pool, progress, claim)
+        for key, value in piece.items():
+            counts[key] += value
+        parts.append(name)
+    if claim is not None and not claim.still_mine():
+        raise LostClaim(unit.name)
+    record = {
+        "parts": [f"part-{name}.parquet" for name in parts],
+        **counts,
+        "worker": worker,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    jobs.mark_done(out, unit, record)
+    return record
+
+
+def _score_piece(
+    scorer: Scorer,
+    unit: Unit,
+    name: str,
+    rows: Iterator[tuple[int, Any]],
+    opts: InferenceOptions,
+    out: Path,
+    pool: ThreadPoolExecutor,
+    progress: Progress,
+    claim: jobs.Claim | None,
 ) -> dict[str, int]:
-    """Score one unit and publish its part (and errors) atomically. Returns its counts."""
     errors: list[dict[str, Any]] = []
-    writer = PartWriter(out / f"part-{unit.name}.parquet", opts.keep_columns)
+    writer = PartWriter(out / f"part-{name}.parquet", opts.keep_columns)
     scored_rows = chunks = tokens = 0
-    windows = _windows(unit, opts, errors)
-    # Tokenize the next window in a background thread while the model runs on the current one.
-    pending = None
-    first = next(windows, None)
-    if first is not None:
-        pending = (first, pool.submit(scorer.prepare, first))
-    while pending is not None:
-        window, future = pending
-        following = next(windows, None)
-        pending = (following, pool.submit(scorer.prepare, following)) if following is not None else None
-        prepared = future.result()
-        writer.write(scorer.score(window, prepared))
-        scored_rows += len(window)
-        chunks += len(prepared[0])
-        tokens += prepared[2]
-        progress.add(len(window), prepared[2])
-    progress.add(len(errors), 0)
+    windows = _windows(unit, rows, opts, errors)
+    try:
+        # Tokenize the next window in a background thread while the model runs on the current one.
+        pending = None
+        first = next(windows, None)
+        if first is not None:
+            pending = (first, pool.submit(scorer.prepare, first))
+        while pending is not None:
+            window, future = pending
+            following = next(windows, None)
+            pending = (following, pool.submit(scorer.prepare, following)) if following is not None else None
+            prepared = future.result()
+            writer.write(scorer.score(window, prepared))
+            scored_rows += len(window)
+            chunks += len(prepared[0])
+            tokens += prepared[2]
+            progress.add(len(window), prepared[2])
+        progress.add(len(errors), 0)
+        writer.close()
+        if claim is not None and not claim.still_mine():
+            raise LostClaim(unit.name)
+    except BaseException:
+        writer.discard()
+        raise
     if errors:
-        err_path = out / f"errors-{unit.name}.jsonl"
-        _atomic_write_text(err_path, "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in errors))
+        err_path = out / f"errors-{name}.jsonl"
+        jobs.atomic_write_text(err_path, "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in errors))
     writer.commit()
     return {
         "rows": scored_rows + len(errors),
@@ -447,20 +545,15 @@ def score_unit(
 
 
 def summarize(out: Path, job: dict[str, Any]) -> dict[str, int]:
-    """Counts over every finished part and errors file of the job (what the manifest reports)."""
-    scored = errors = chunks = 0
+    """Counts over every finished unit of the job (what the manifest reports)."""
+    done = jobs.done_units(out)
+    totals = {"rows": 0, "scored": 0, "errors": 0, "chunks": 0}
     for unit in job["units"]:
-        name = f"{unit['file_index']:05d}-{unit['index']:05d}"
-        part = out / f"part-{name}.parquet"
-        if part.exists():
-            meta = pq.ParquetFile(part).metadata
-            scored += meta.num_rows
-            if meta.num_rows:
-                chunks += sum(pq.read_table(part, columns=["n_chunks"]).column(0).to_pylist())
-        err = out / f"errors-{name}.jsonl"
-        if err.exists():
-            errors += sum(1 for line in err.read_text().splitlines() if line.strip())
-    return {"rows": scored + errors, "scored": scored, "errors": errors, "chunks": chunks}
+        record = done.get(f"{unit['file_index']:05d}-{unit['index']:05d}")
+        if record is not None:
+            for key in totals:
+                totals[key] += record[key]
+    return totals
 
 
 def _device(opts: InferenceOptions, local_rank: int) -> str:
@@ -471,126 +564,156 @@ def _device(opts: InferenceOptions, local_rank: int) -> str:
     return opts.device
 
 
+def build_scorer(config: ScoreConfig, device: str, precision: str) -> Scorer:
+    opts = config.inference
+    return Scorer(
+        config.model_dir,
+        device=device,
+        precision=precision,
+        compile=opts.compile,
+        batch_tokens=opts.batch_tokens,
+        max_batch_size=opts.max_batch_size,
+        pad_to_multiple_of=opts.pad_to_multiple_of,
+        attention=opts.attention,
+        max_chunks=opts.max_chunks,
+        stride=opts.stride,
+        impact_aggregation=opts.impact_aggregation,
+        topic_threshold=opts.topic_threshold,
+        ticker_map=load_ticker_map(opts.ticker_map_file, opts.ticker_map),
+    )
+
+
+def new_worker_record(
+    worker: str, rank: int | None, backend: str, device: str, precision: str
+) -> dict[str, Any]:
+    return {
+        "worker": worker,
+        "rank": rank,
+        "backend": backend,
+        "device": device,
+        "precision": precision,
+        "units": 0,
+        "rows": 0,
+        "scored": 0,
+        "errors": 0,
+        "chunks": 0,
+        "tokens": 0,
+        "seconds": 0.0,
+        "started_at": time.time(),
+        "finished_at": None,
+    }
+
+
+def work(
+    config: ScoreConfig, out: Path, job: dict[str, Any], record: dict[str, Any], show_progress: bool
+) -> dict[str, Any]:
+    """Claim and score units until none is left for this worker; returns its record (also written)."""
+    opts = config.inference
+    order = jobs.claim_order(jobs.units_of(job))
+    start = time.perf_counter()
+    scorer: Scorer | None = None
+    progress = Progress(out, record["worker"], len(order), show_progress and opts.progress)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize") as pool:
+        while (claimed := jobs.claim_next(out, order, record["worker"], opts.claim_timeout_s)) is not None:
+            unit, claim = claimed
+            try:
+                if scorer is None:  # only a worker that has work loads the model
+                    scorer = build_scorer(config, record["device"], record["precision"])
+                jobs.clean_unit_leftovers(out, unit)
+                counts = score_unit(scorer, unit, opts, out, pool, progress, claim, record["worker"])
+            except LostClaim:
+                log.warning("unit %s was taken over by another worker; leaving it to them", unit.name)
+                continue
+            finally:
+                claim.release()
+            record["units"] += 1
+            for key in ("rows", "scored", "errors", "chunks", "tokens"):
+                record[key] += counts[key]
+    progress.close()
+    record["seconds"] = round(time.perf_counter() - start, 3)
+    record["finished_at"] = time.time()
+    jobs.write_worker(out, record)
+    return record
+
+
 def run(config: ScoreConfig, files: list[str], single_process: bool = False) -> dict[str, Any]:
-    """Score the inputs; returns the manifest (on every rank).
+    """Score the inputs as one worker of the job in ``output_dir``; returns the manifest.
 
     ``single_process``: ignore a launcher's RANK/WORLD_SIZE (a training job scoring its teacher targets).
     """
     rank, world, local_rank = (0, 1, 0) if single_process else _dist_env()
-    dist = _init_dist(world, config.inference.dist_timeout_s)
-    out = Path(config.output_dir)
     opts = config.inference
-    if opts.keep_heap and "ARROW_DEFAULT_MEMORY_POOL" not in os.environ:
-        # One retained heap, not two: Arrow's own (jemalloc) pool keeps its memory apart from the heap
-        # torch uses (-70 MB peak RSS at 6,000 documents on the CPU box, same speed).
-        pa.set_memory_pool(pa.system_memory_pool())
+    out = Path(config.output_dir)
+    device = _device(opts, local_rank)
+    precision = resolve_precision(opts.precision, device)
+    if opts.backend == "ray":
+        from inference.ray_backend import run_ray
+
+        return run_ray(config, files, precision)
+    dist = _init_dist(world, opts.dist_timeout_s)
+    configure_process(device, opts.keep_heap)
     try:
-        job: Any = None
-        problem = None
-        if rank == 0:
+        problem: list[str] | None = None
+        if rank == 0:  # plans (and replaces, with overwrite) before the other ranks look
             try:
-                job = prepare_output(config, files, out)
+                open_job(config, files, out, precision)
             except ConfigError as err:
                 problem = err.problems
-        job, problem = _broadcast((job, problem), dist)
+        if dist:
+            box = [problem]
+            torch.distributed.broadcast_object_list(box, src=0)
+            problem = box[0]
         if problem:
             raise ConfigError(problem)
-        units = [Unit(**u) for u in job["units"]]
-        mine = [u for i, u in enumerate(units) if i % world == rank]
-        todo = [u for u in mine if not (out / f"part-{u.name}.parquet").exists()]
-        device = _device(opts, local_rank)
+        if rank != 0:
+            config.inference.overwrite = False
+        job = open_job(config, files, out, precision)
         if device.startswith("cuda"):
             torch.cuda.set_device(device)
-        start = time.perf_counter()
-        stats: dict[str, float] = {
-            "rows": 0,
-            "scored": 0,
-            "errors": 0,
-            "chunks": 0,
-            "tokens": 0,
-            "units": len(todo),
-            "skipped_units": len(mine) - len(todo),
-        }
-        if todo:
-            scorer = Scorer(
-                config.model_dir,
-                device=device,
-                precision=opts.precision,
-                compile=opts.compile,
-                batch_tokens=opts.batch_tokens,
-                max_batch_size=opts.max_batch_size,
-                pad_to_multiple_of=opts.pad_to_multiple_of,
-                attention=opts.attention,
-                keep_heap=opts.keep_heap,
-                max_chunks=opts.max_chunks,
-                stride=opts.stride,
-                impact_aggregation=opts.impact_aggregation,
-                topic_threshold=opts.topic_threshold,
-                ticker_map=load_ticker_map(opts.ticker_map_file, opts.ticker_map),
-            )
-            total = sum(u.end - u.start for u in units) - sum(
-                u.end - u.start for u in units if (out / f"part-{u.name}.parquet").exists()
-            )
-            progress = Progress(out, rank, world, total, opts.progress)
-            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize") as pool:
-                for unit in todo:
-                    counts = score_unit(scorer, unit, opts, out, pool, progress)
-                    for key, value in counts.items():
-                        stats[key] += value
-            progress.close()
-        stats["seconds"] = time.perf_counter() - start
-        all_stats = _gather(stats, dist, world)
-        _barrier(dist)
-        manifest = None
-        if rank == 0:
-            manifest = finish(config, out, job, all_stats, files)
-        manifest = _broadcast(manifest, dist)
-        return manifest
+        record = new_worker_record(
+            jobs.worker_id(rank if world > 1 else None),
+            rank if world > 1 else None,
+            "local",
+            device,
+            precision,
+        )
+        work(config, out, job, record, show_progress=rank == 0)
+        _barrier(dist)  # under torchrun, rank 0 reports once every rank is done
+        manifest: Any = finish(config, out, job, files) if rank == 0 or not dist else None
+        if dist:
+            box = [manifest]
+            torch.distributed.broadcast_object_list(box, src=0)
+            manifest = box[0]
+        return dict(manifest)
     finally:
         if dist:
             torch.distributed.destroy_process_group()
 
 
-def finish(
-    config: ScoreConfig, out: Path, job: dict[str, Any], all_stats: list[dict[str, Any]], files: list[str]
-) -> dict[str, Any]:
-    totals = summarize(out, job)
-    done = [
-        u for u in job["units"] if (out / f"part-{u['file_index']:05d}-{u['index']:05d}.parquet").exists()
-    ]
-    complete = len(done) == len(job["units"])
-    seconds = max((s["seconds"] for s in all_stats), default=0.0)
-    this_run_rows = sum(s["rows"] for s in all_stats)
-    manifest = {
-        "complete": complete,
-        "inputs": files,
-        "output_dir": str(out.resolve()),
-        "units": {
-            "total": len(job["units"]),
-            "done": len(done),
-            "this_run": sum(s["units"] for s in all_stats),
-        },
-        **totals,
-        "this_run": {
-            "rows": this_run_rows,
-            "errors": sum(s["errors"] for s in all_stats),
-            "chunks": sum(s["chunks"] for s in all_stats),
-            "tokens": sum(s["tokens"] for s in all_stats),
-            "wall_seconds": round(seconds, 2),
-            "articles_per_s": round(this_run_rows / seconds, 2) if seconds else None,
-            "tokens_per_s": round(sum(s["tokens"] for s in all_stats) / seconds, 1) if seconds else None,
-            "processes": len(all_stats),
-        },
-        "model": {"dir": str(Path(config.model_dir).resolve()), "hash": job["identity"]["model"]},
-        "config": asdict(config),
-        "finished_at": _now(),
-    }
-    _atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2, default=str))
-    shutil.rmtree(out / "_progress", ignore_errors=True)
-    rate = totals["errors"] / totals["rows"] if totals["rows"] else 0.0
-    failed = config.inference.max_error_rate is not None and rate > config.inference.max_error_rate
-    if complete and not failed:
-        (out / "_SUCCESS").write_text(_now() + "\n")
+def finish(config: ScoreConfig, out: Path, job: dict[str, Any], files: list[str]) -> dict[str, Any]:
+    """Write the manifest (every worker of this run, counts over every finished unit) and, when every
+    unit is done, ``_SUCCESS``. Serialised between workers that end together; the last one's is whole."""
+    with jobs.job_lock(out):
+        done = jobs.done_units(out)
+        units = jobs.units_of(job)
+        totals = summarize(out, job)
+        complete = all(u.name in done for u in units)
+        workers = jobs.this_run_workers(out)
+        elsewhere = 0
+        if not complete:
+            claims = {p.stem for p in (out / jobs.CLAIMS).glob("*.json")}
+            elsewhere = sum(1 for u in units if u.name not in done and u.name in claims)
+        manifest = _manifest(config, out, job, files, totals, len(done), complete, workers, elsewhere)
+        jobs.atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2, default=str))
+        rate = totals["errors"] / totals["rows"] if totals["rows"] else 0.0
+        failed = config.inference.max_error_rate is not None and rate > config.inference.max_error_rate
+        if complete:
+            jobs.retire_workers(out, workers)
+            for leftover in ("_progress", jobs.CLAIMS):
+                for path in (out / leftover).glob("*.json"):
+                    path.unlink(missing_ok=True)
+            if not failed:
+                (out / "_SUCCESS").write_text(_now() + "\n")
     print(summary_table(manifest, rate), file=sys.stderr)
     if failed:
         raise RuntimeError(
@@ -600,8 +723,66 @@ def finish(
     return manifest
 
 
+def _manifest(
+    config: ScoreConfig,
+    out: Path,
+    job: dict[str, Any],
+    files: list[str],
+    totals: dict[str, int],
+    n_done: int,
+    complete: bool,
+    workers: list[dict[str, Any]],
+    elsewhere: int,
+) -> dict[str, Any]:
+    started = min((w["started_at"] for w in workers), default=None)
+    ended = max((w["finished_at"] or w["started_at"] for w in workers), default=None)
+    seconds = (ended - started) if started is not None and ended is not None else 0.0
+    rows = sum(w["rows"] for w in workers)
+    tokens = sum(w["tokens"] for w in workers)
+    return {
+        "complete": complete,
+        "inputs": files,
+        "output_dir": str(out.resolve()),
+        "units": {
+            "total": len(job["units"]),
+            "done": n_done,
+            "this_run": sum(w["units"] for w in workers),
+            "in_progress_elsewhere": elsewhere,
+        },
+        **totals,
+        "this_run": {
+            "rows": rows,
+            "errors": sum(w["errors"] for w in workers),
+            "chunks": sum(w["chunks"] for w in workers),
+            "tokens": tokens,
+            "wall_seconds": round(seconds, 2),
+            "articles_per_s": round(rows / seconds, 2) if seconds else None,
+            "tokens_per_s": round(tokens / seconds, 1) if seconds else None,
+            "processes": len(workers),
+            "workers": [
+                {
+                    k: w[k]
+                    for k in ("worker", "rank", "backend", "device", "precision", "rows", "units", "seconds")
+                }
+                for w in workers
+            ],
+        },
+        "planning_seconds": job.get("planning_seconds"),
+        "precision": job["identity"]["options"]["precision"],
+        "model": {"dir": str(Path(config.model_dir).resolve()), "hash": job["identity"]["model"]},
+        "config": asdict(config),
+        "finished_at": _now(),
+    }
+
+
 def summary_table(m: dict[str, Any], rate: float) -> str:
     run_ = m["this_run"]
+    if m["complete"]:
+        state = "complete, _SUCCESS written"
+    elif m["units"]["in_progress_elsewhere"]:
+        state = f"other workers are scoring {m['units']['in_progress_elsewhere']} unit(s); the last one writes _SUCCESS"
+    else:
+        state = "INCOMPLETE: rerun the same command"
     lines = [
         "",
         "newsimpact scoring summary",
@@ -610,10 +791,18 @@ def summary_table(m: dict[str, Any], rate: float) -> str:
         f"  errors           {m['errors']:>12,}  ({rate:.2%})",
         f"  chunks           {m['chunks']:>12,}",
         f"  units            {m['units']['done']:>6}/{m['units']['total']:<5} ({m['units']['this_run']} this run)",
-        f"  wall time        {run_['wall_seconds']:>12.1f} s  ({run_['processes']} process(es))",
+        f"  wall time        {run_['wall_seconds']:>12.1f} s  ({run_['processes']} worker(s), {m['precision']})",
         f"  throughput       {run_['articles_per_s'] or 0:>12,.1f} articles/s, {run_['tokens_per_s'] or 0:,.0f} tokens/s",
-        f"  output           {m['output_dir']}  ({'complete, _SUCCESS written' if m['complete'] else 'INCOMPLETE: rerun the same command'})",
     ]
+    busy = [w for w in run_["workers"] if w["units"]]
+    if len(busy) > 1:
+        slow = max(busy, key=lambda w: w["seconds"])
+        fast = min(busy, key=lambda w: w["seconds"])
+        lines.append(
+            f"  workers          slowest {slow['worker']} {slow['seconds']:.1f} s ({slow['units']} units), "
+            f"fastest {fast['worker']} {fast['seconds']:.1f} s ({fast['units']} units)"
+        )
+    lines.append(f"  output           {m['output_dir']}  ({state})")
     return "\n".join(lines)
 
 

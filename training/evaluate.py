@@ -27,6 +27,7 @@ from training.config import ConfigError, DataConfig, SchemaConfig, load_validate
 from training.data import Collator, build_splits
 from training.modeling import META_FILE, NewsImpactModel, load_tokenizer, load_trained, read_meta
 from training.module import HeadMetrics
+from training.records import head_outputs
 
 log = logging.getLogger("newsimpact.evaluate")
 
@@ -65,15 +66,15 @@ def predict(model: NewsImpactModel, loader: DataLoader) -> dict[str, torch.Tenso
     """Run the model over a labelled loader; returns predictions and targets, concatenated."""
     keep: dict[str, list[torch.Tensor]] = {}
     for batch in tqdm(loader, desc="evaluate", unit="batch"):
-        out = model(batch["input_ids"], batch["attention_mask"], batch["entity_mask"])
+        out = head_outputs(model(batch["input_ids"], batch["attention_mask"], batch["entity_mask"]))
         items = {
-            "sentiment_probs": torch.softmax(out["sentiment_logits"], -1),
+            "sentiment_probs": out["sentiment_probs"],
             "sentiment_id": batch["sentiment_id"],
             "sentiment_score_pred": out["sentiment_score"],
             "sentiment_score": batch["sentiment_score"],
             "impact_pred": out["impact"],
             "impact": batch["impact"],
-            "topic_probs": torch.sigmoid(out["topic_logits"]),
+            "topic_probs": out["topic_scores"],
             "topic_targets": batch["topic_targets"],
             "ticker_pred": out["ticker_score"].reshape(-1),
             "ticker_true": batch["entity_scores"].reshape(-1),

@@ -37,6 +37,7 @@ from training.modeling import (
     load_trained,
     read_meta,
 )
+from training.records import HEAD_OUTPUTS, head_outputs
 
 log = logging.getLogger("newsimpact.export")
 FORMATS = ("merged", "adapter", "onnx")
@@ -127,17 +128,8 @@ class OnnxHeads(torch.nn.Module):
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, entity_mask: torch.Tensor
     ) -> tuple[torch.Tensor, ...]:
-        out = self.model(input_ids, attention_mask, entity_mask)
-        return (
-            torch.softmax(out["sentiment_logits"], dim=-1),
-            out["sentiment_score"],
-            out["impact"],
-            torch.sigmoid(out["topic_logits"]),
-            out["ticker_score"],
-        )
-
-
-ONNX_OUTPUTS = ["sentiment_probs", "sentiment_score", "impact", "topic_scores", "ticker_score"]
+        out = head_outputs(self.model(input_ids, attention_mask, entity_mask))
+        return tuple(out[name] for name in HEAD_OUTPUTS)
 
 
 def export_onnx(model: NewsImpactModel, tokenizer: Any, path: Path, opset: int) -> None:
@@ -149,7 +141,7 @@ def export_onnx(model: NewsImpactModel, tokenizer: Any, path: Path, opset: int) 
         (sample["input_ids"], sample["attention_mask"], entity_mask),
         str(path),
         input_names=["input_ids", "attention_mask", "entity_mask"],
-        output_names=ONNX_OUTPUTS,
+        output_names=list(HEAD_OUTPUTS),
         dynamic_axes={
             "input_ids": {0: "batch", 1: "sequence"},
             "attention_mask": {0: "batch", 1: "sequence"},
@@ -301,7 +293,7 @@ def run(config: ExportConfig) -> Path:
         "metrics": run_info.get("val_metrics", {}),
         "exported_from": {"run_dir": str(run_dir.resolve()), "checkpoint": opts.checkpoint},
         "chunking": {"max_length": run_meta["max_length"], "stride": max(16, run_meta["max_length"] // 8)},
-        "onnx": {"file": "model.onnx", "outputs": ONNX_OUTPUTS} if opts.format == "onnx" else None,
+        "onnx": {"file": "model.onnx", "outputs": list(HEAD_OUTPUTS)} if opts.format == "onnx" else None,
     }
     (out / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
     (out / "README.md").write_text(_model_card(meta, run_info))

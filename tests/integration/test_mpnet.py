@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from inference.engine import Article, Scorer
+from inference.engine import Article, Scorer, configure_process
 from tests.conftest import REPO, compose_train, tiny_overrides
 from training.export import ExportConfig, ExportOptions
 from training.export import run as export_run
@@ -108,6 +108,7 @@ def test_scorer_keeps_mpnet_attention_and_matches_the_reference(mpnet_exports):
 
     folder = mpnet_exports["merged"]
     articles = _articles(8)
+    configure_process()  # registers the bmm attention, as the entry points do
     scorer = Scorer(str(folder), precision="bf16", attention="bmm", max_chunks=1)
     assert scorer.runner.attention == "eager"
     bf16 = np.array([r["sentiment_probs"] for r in scorer.score(articles)])

@@ -1,10 +1,12 @@
 import gzip
 import json
+import os
 
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from inference.engine import Scorer
 from inference.score import InferenceOptions, ScoreConfig, run, validate_score_config
 from tests.conftest import write_jsonl
 from training.config import ConfigError
@@ -63,7 +65,12 @@ def test_bad_rows_go_to_errors_and_the_job_goes_on(exported, tmp_path):
         "not an object",
     ):
         assert needle in reasons
-    assert all(e["file"].endswith("mixed.jsonl") and isinstance(e["row"], int) for e in errors)
+    assert all(e["file"].endswith("mixed.jsonl") and isinstance(e["offset"], int) for e in errors)
+    data = path.read_bytes()  # the offset is where the bad record starts in the file
+    assert all(
+        data[e["offset"] :].startswith(e["raw"][:10].encode("utf-8", "replace")) or "UTF-8" in e["reason"]
+        for e in errors
+    )
     scored = _read(tmp_path / "out")
     assert sorted(scored["id"]) == ["long", "ok-1", "unicode"]
     assert scored.set_index("id").loc["long", "n_chunks"] == 8
@@ -113,7 +120,11 @@ def test_rerun_skips_finished_units_and_refuses_another_model(exported, tmp_path
     src = write_jsonl(tmp_path / "in.jsonl", rows)
     out = tmp_path / "out"
     first = _score(exported["merged"], str(src), out, unit_rows=10)
-    assert first["units"] == {"total": 3, "done": 3, "this_run": 3}
+    assert {k: first["units"][k] for k in ("total", "done", "this_run")} == {
+        "total": 3,
+        "done": 3,
+        "this_run": 3,
+    }
     before = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
     (out / "part-00000-00001.parquet").unlink()
     (out / "_SUCCESS").unlink()
@@ -165,7 +176,7 @@ def test_bf16_on_cpu_is_close_to_fp32(exported, tmp_path):
     src = write_jsonl(
         tmp_path / "in.jsonl", [{"id": str(i), "text": f"$ACME beats estimates {i}"} for i in range(8)]
     )
-    _score(exported["merged"], str(src), tmp_path / "fp32")
+    _score(exported["merged"], str(src), tmp_path / "fp32", precision="fp32")
     _score(exported["merged"], str(src), tmp_path / "bf16", precision="bf16")
     a, b = _read(tmp_path / "fp32"), _read(tmp_path / "bf16")
     assert (a["impact"] - b["impact"]).abs().max() < 0.05
@@ -177,10 +188,12 @@ def test_parts_stream_window_by_window(exported, tmp_path):
         for i in range(25)
     ]
     src = write_jsonl(tmp_path / "in.jsonl", rows)
-    _score(exported["merged"], str(src), tmp_path / "out", unit_rows=10, window=4, keep_columns=["n", "meta"])
-    part = pq.ParquetFile(tmp_path / "out" / "part-00000-00000.parquet")
+    pd.DataFrame(rows).astype({"meta": str}).to_parquet(tmp_path / "in.parquet", row_group_size=10)
+    _score(exported["merged"], str(tmp_path / "in.parquet"), tmp_path / "pq", unit_rows=10, window=4)
+    part = pq.ParquetFile(tmp_path / "pq" / "part-00000-00000.parquet")
     # windows of 1 (the first is window // 8, so the model starts early), 4, 4 and 1
     assert part.metadata.num_rows == 10 and part.metadata.num_row_groups == 4
+    _score(exported["merged"], str(src), tmp_path / "out", unit_rows=10, window=4, keep_columns=["n", "meta"])
     df = _read(tmp_path / "out").set_index("id")
     assert (
         df.loc["w7", "n"] == 7
@@ -272,3 +285,79 @@ def test_batch_tokens_default_depends_on_the_device(exported):
 
     assert Scorer(str(exported["merged"])).batch_tokens == 4096
     assert Scorer(str(exported["merged"]), batch_tokens=1000).batch_tokens == 1000
+
+
+def test_a_gz_archive_is_decompressed_once_and_resumes_after_its_last_part(exported, tmp_path, monkeypatch):
+    from inference import readers
+
+    rows = [{"id": f"g{i}", "text": f"$ACME item {i % 50}"} for i in range(12_000)]
+    with gzip.open(tmp_path / "a.jsonl.gz", "wt") as fh:
+        fh.write("".join(json.dumps(r) + "\n" for r in rows))
+    opened = []
+    original = readers._open_binary
+    monkeypatch.setattr(readers, "_open_binary", lambda p: opened.append(p) or original(p))
+    out = tmp_path / "out"
+    manifest = _score(exported["merged"], str(tmp_path / "a.jsonl.gz"), out, unit_rows=1000, max_chunks=1)
+    assert len(opened) == 1 and manifest["scored"] == 12_000
+    assert len(list(out.glob("part-*.parquet"))) == 12  # a part per 1,000 rows of the one stream
+    # A stream killed after 7 parts: the rerun skips their rows and writes the other 5.
+    for name in [f"part-00000-{i:05d}.parquet" for i in range(7, 12)]:
+        (out / name).unlink()
+    (out / "_done" / "00000-00000.json").unlink()
+    (out / "_SUCCESS").unlink()
+    again = _score(exported["merged"], str(tmp_path / "a.jsonl.gz"), out, unit_rows=1000, max_chunks=1)
+    assert len(opened) == 2 and again["this_run"]["rows"] == 5000 and again["scored"] == 12_000
+    ids = _read(out)["id"]
+    assert len(ids) == 12_000 and ids.is_unique
+
+
+def test_speed_options_may_change_on_a_rerun_value_options_may_not(exported, tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", [{"id": str(i), "text": f"$ACME item {i}"} for i in range(12)])
+    out = tmp_path / "out"
+    _score(exported["merged"], str(src), out, unit_rows=5, window=4)
+    again = _score(
+        exported["merged"], str(src), out, unit_rows=5, window=64, batch_tokens=512, max_batch_size=8
+    )
+    assert again["units"]["this_run"] == 0 and again["complete"]
+    with pytest.raises(ConfigError, match=r"topic_threshold: 0\.5 -> 0\.9"):
+        _score(exported["merged"], str(src), out, unit_rows=5, topic_threshold=0.9)
+
+
+def test_every_inference_option_says_whether_it_changes_the_values():
+    from dataclasses import fields
+
+    from inference.score import OutputOptions, RunOptions
+
+    output, speed = {f.name for f in fields(OutputOptions)}, {f.name for f in fields(RunOptions)}
+    assert not output & speed
+    assert {f.name for f in fields(InferenceOptions)} == output | speed
+
+
+def test_precision_auto_resolves_to_what_this_machine_runs_natively(exported, tmp_path):
+    import torch
+
+    from inference.engine import resolve_precision
+
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert resolve_precision("auto", "cpu") == ("bf16" if native else "fp32")
+    assert resolve_precision("fp16", "cpu") == "fp16"
+    src = write_jsonl(tmp_path / "in.jsonl", [{"id": "1", "text": "$ACME beats"}])
+    manifest = _score(exported["merged"], str(src), tmp_path / "out")
+    assert manifest["precision"] == resolve_precision("auto", "cpu")
+    assert manifest["this_run"]["workers"][0]["precision"] == manifest["precision"]
+
+
+def test_building_a_scorer_changes_no_process_state(exported, monkeypatch):
+    import pyarrow as pa
+
+    from inference import attention, engine
+
+    calls = []
+    monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
+    monkeypatch.setattr(engine, "keep_heap_memory", lambda: calls.append("heap"))
+    monkeypatch.setattr(attention, "register", lambda: calls.append("attention"))
+    monkeypatch.setattr(pa, "set_memory_pool", lambda pool: calls.append("arrow"))
+    Scorer(str(exported["merged"]), precision="bf16")
+    assert calls == [] and "TOKENIZERS_PARALLELISM" not in os.environ
+    engine.configure_process("cpu")
+    assert calls == ["heap", "attention", "arrow"] and os.environ["TOKENIZERS_PARALLELISM"] == "false"

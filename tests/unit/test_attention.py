@@ -33,6 +33,7 @@ def test_bmm_attention_matches_sdpa_with_and_without_padding(tiny_bert):
 
     attention.bmm_attention = counting
     try:
+        attention.register()
         assert attention.use_cpu_attention(model)
         from transformers import AttentionInterface
 
@@ -52,6 +53,7 @@ def test_causal_models_fall_through_to_sdpa(tiny_llama):
     model = AutoModel.from_pretrained(tiny_llama, attn_implementation="sdpa").eval()
     batch = _batch(tiny_llama)
     expected = _hidden(model, batch)
+    attention.register()
     assert attention.use_cpu_attention(model)
     mask = batch["attention_mask"].bool()
     torch.testing.assert_close(_hidden(model, batch)[mask], expected[mask], atol=1e-6, rtol=1e-6)

@@ -1,0 +1,267 @@
+"""The job folder: one plan, work claimed at run time, per-unit and per-worker records.
+
+Every worker of a job (torchrun ranks, independent processes started with the same command on one
+shared ``output_dir``, Ray actors) runs the same protocol on the folder, so they share the job without
+talking to each other:
+
+- ``_job.json``: the job identity and its plan, published once with an atomic create-if-absent
+  (``os.link``), so workers starting in the same second agree on one plan.
+- ``_claims/<unit>.json``: a worker takes the next unfinished unit by creating its claim file with
+  ``O_EXCL`` and keeps it fresh (a heartbeat thread touches it). A claim whose process is gone (same
+  host: its pid no longer runs) or that has not been touched for ``claim_timeout_s`` is taken over, so a
+  dead worker's unit is scored again by someone else or by the next rerun.
+- ``_done/<unit>.json``: written after the unit's parts are renamed into place; a unit is done when its
+  record exists and every part it lists does. Part names are fixed by the plan, so a unit scored twice
+  (a slow worker whose claim was taken over) replaces its parts with the same rows: each input row
+  still appears exactly once.
+- ``_workers/<worker>.json``: what each worker did in this run (rows, units, seconds); the manifest
+  lists them (``this_run.workers``) and they move to ``_workers/previous/`` once a manifest has
+  reported them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import secrets
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from inference.readers import Unit
+
+JOB_FILE = "_job.json"
+CLAIMS, DONE, WORKERS = "_claims", "_done", "_workers"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(3)}")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+_OWN_WORKERS: set[str] = set()  # worker ids made by this process: a claim with our pid is ours only then
+
+
+def worker_id(rank: int | None = None) -> str:
+    """host, pid and a random token (a restarted container can reuse a dead worker's pid)."""
+    host = socket.gethostname()
+    tag = f"rank{rank}-" if rank is not None else ""
+    worker = f"{host}-{tag}{os.getpid()}-{secrets.token_hex(3)}"
+    _OWN_WORKERS.add(worker)
+    return worker
+
+
+def publish_job(out: Path, job: dict[str, Any]) -> dict[str, Any]:
+    """Write ``_job.json`` unless it exists; returns the job that is in the folder now."""
+    out.mkdir(parents=True, exist_ok=True)
+    for sub in (CLAIMS, DONE, WORKERS):
+        (out / sub).mkdir(exist_ok=True)
+    path = out / JOB_FILE
+    tmp = out / f".{JOB_FILE}.tmp-{os.getpid()}-{secrets.token_hex(3)}"
+    tmp.write_text(json.dumps(job, indent=2))
+    try:
+        os.link(tmp, path)  # atomic create-if-absent: one plan however many workers race
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()
+    return dict(json.loads(path.read_text()))
+
+
+def read_job(out: Path) -> dict[str, Any] | None:
+    path = out / JOB_FILE
+    return dict(json.loads(path.read_text())) if path.exists() else None
+
+
+def units_of(job: dict[str, Any]) -> list[Unit]:
+    return [Unit(**u) for u in job["units"]]
+
+
+# -- done records -------------------------------------------------------------------------------------
+def done_units(out: Path) -> dict[str, dict[str, Any]]:
+    """Done records of units whose listed parts all exist."""
+    names = set(os.listdir(out))
+    done = {}
+    for record_path in (out / DONE).glob("*.json"):
+        try:
+            record = json.loads(record_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if all(p in names for p in record["parts"]):
+            done[record_path.stem] = record
+    return done
+
+
+def mark_done(out: Path, unit: Unit, record: dict[str, Any]) -> None:
+    atomic_write_text(out / DONE / f"{unit.name}.json", json.dumps(record))
+
+
+# -- claims -------------------------------------------------------------------------------------------
+def _alive_here(info: dict[str, Any]) -> bool | None:
+    """Whether a claim's process runs on this host (None: another host, cannot tell)."""
+    if info.get("host") != socket.gethostname():
+        return None
+    pid = int(info.get("pid", -1))
+    if pid == os.getpid():  # ours, or a dead predecessor that had our pid (a restarted container)
+        return info.get("worker") in _OWN_WORKERS
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is dead
+    except FileNotFoundError:
+        return False
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+
+class Claim:
+    """A held claim on one unit; a daemon thread refreshes it until :meth:`release`."""
+
+    def __init__(self, path: Path, worker: str, refresh_s: float):
+        self.path, self.worker = path, worker
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, args=(refresh_s,), daemon=True)
+        self._thread.start()
+
+    def _beat(self, refresh_s: float) -> None:
+        while not self._stop.wait(refresh_s):
+            with contextlib.suppress(OSError):
+                os.utime(self.path)
+
+    def still_mine(self) -> bool:
+        try:
+            return bool(json.loads(self.path.read_text()).get("worker") == self.worker)
+        except (OSError, json.JSONDecodeError):
+            return False
+
+    def release(self) -> None:
+        self._stop.set()
+        if self.still_mine():
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+
+
+def try_claim(out: Path, unit: Unit, worker: str, timeout_s: float) -> Claim | None:
+    """Claim ``unit`` for ``worker``: None when a live worker holds it."""
+    path = out / CLAIMS / f"{unit.name}.json"
+    body = json.dumps(
+        {"worker": worker, "host": socket.gethostname(), "pid": os.getpid(), "claimed_at": time.time()}
+    ).encode()
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            if not _expired(path, worker, timeout_s):
+                return None
+            # Take over: only one of several takers wins the rename; the winner then creates afresh.
+            grave = path.with_name(f".{path.name}.expired-{secrets.token_hex(4)}")
+            try:
+                os.rename(path, grave)
+            except FileNotFoundError:
+                return None
+            grave.unlink()
+            continue
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(body)
+        return Claim(path, worker, refresh_s=max(1.0, timeout_s / 5))
+    return None
+
+
+def _expired(path: Path, me: str, timeout_s: float) -> bool:
+    try:
+        info = json.loads(path.read_text())
+        age = time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return True
+    except (OSError, json.JSONDecodeError):  # being written right now
+        return False
+    alive = _alive_here(info)
+    return (not alive) if alive is not None else age > timeout_s
+
+
+def claim_next(out: Path, order: list[Unit], worker: str, timeout_s: float) -> tuple[Unit, Claim] | None:
+    """The first unit of ``order`` that is neither done nor held by a live worker, claimed."""
+    done = done_units(out)
+    for unit in order:
+        if unit.name in done:
+            continue
+        claim = try_claim(out, unit, worker, timeout_s)
+        if claim is None:
+            continue
+        if unit.name in done_units(out):  # finished between the listing and the claim
+            claim.release()
+            continue
+        return unit, claim
+    return None
+
+
+def claim_order(units: list[Unit]) -> list[Unit]:
+    """Biggest first (longest-processing-time order): the last units to finish are short ones."""
+    return sorted(units, key=lambda u: (-u.cost, u.file_index, u.index))
+
+
+def clean_unit_leftovers(out: Path, unit: Unit) -> None:
+    """Temporary files of a unit that someone else was scoring when it died (we hold its claim now)."""
+    prefixes = (f".part-{unit.name}", f".errors-{unit.name}")
+    if unit.kind == "stream":
+        prefixes = (f".part-{unit.file_index:05d}-", f".errors-{unit.file_index:05d}-")
+    for path in out.iterdir():
+        if path.name.startswith(prefixes) and ".tmp-" in path.name:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+
+# -- workers ------------------------------------------------------------------------------------------
+def write_worker(out: Path, record: dict[str, Any]) -> None:
+    atomic_write_text(out / WORKERS / f"{record['worker']}.json", json.dumps(record))
+
+
+def this_run_workers(out: Path) -> list[dict[str, Any]]:
+    records = []
+    for path in sorted((out / WORKERS).glob("*.json")):
+        with contextlib.suppress(OSError, json.JSONDecodeError):
+            records.append(json.loads(path.read_text()))
+    return sorted(records, key=lambda r: r.get("started_at", ""))
+
+
+def retire_workers(out: Path, records: list[dict[str, Any]]) -> None:
+    """Workers a complete manifest has reported: the next run starts a fresh list."""
+    previous = out / WORKERS / "previous"
+    previous.mkdir(exist_ok=True)
+    for record in records:
+        path = out / WORKERS / f"{record['worker']}.json"
+        with contextlib.suppress(FileNotFoundError):
+            path.replace(previous / path.name)
+
+
+@contextlib.contextmanager
+def job_lock(out: Path) -> Iterator[None]:
+    """Serialises finishing (manifest, _SUCCESS) between workers that end at the same time."""
+    with open(out / ".lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def reset_folder(out: Path) -> None:
+    if out.exists():
+        shutil.rmtree(out)
+
+
+def plan_record(units: list[Unit]) -> list[dict[str, Any]]:
+    return [asdict(u) for u in units]

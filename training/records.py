@@ -1,0 +1,49 @@
+"""The scored-record contract, defined once (DESIGN section 6).
+
+What the heads return at inference time (names, post-processing), which is what the ONNX graph outputs,
+what evaluation compares with labels, and the columns and Arrow types of a scored record that the batch
+scorer writes and signals and distillation read. ``training.export``, ``training.evaluate`` and
+``inference`` all use these; no other module restates them. No Lightning import (inference uses it).
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import torch
+
+# Inference outputs of the heads, in the ONNX graph's output order.
+HEAD_OUTPUTS = ("sentiment_probs", "sentiment_score", "impact", "topic_scores", "ticker_score")
+
+
+def head_outputs(out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The model's forward outputs as probabilities and scores: softmax over the sentiment classes,
+    sigmoid per topic; score, impact and ticker scores are already tanh/sigmoid outputs of the model."""
+    return {
+        "sentiment_probs": torch.softmax(out["sentiment_logits"].float(), dim=-1),
+        "sentiment_score": out["sentiment_score"].float(),
+        "impact": out["impact"].float(),
+        "topic_scores": torch.sigmoid(out["topic_logits"].float()),
+        "ticker_score": out["ticker_score"].float(),
+    }
+
+
+TICKER_TYPE = pa.struct([("ticker", pa.string()), ("sentiment_score", pa.float32())])
+TOPIC_TYPE = pa.struct([("topic", pa.string()), ("score", pa.float32())])
+# One scored article: these columns, then the input columns passed through (inference.keep_columns).
+RECORD_FIELDS = (
+    pa.field("id", pa.string()),
+    pa.field("sentiment", pa.string()),
+    pa.field("sentiment_probs", pa.list_(pa.float32())),
+    pa.field("sentiment_score", pa.float32()),
+    pa.field("impact", pa.float32()),
+    pa.field("topics", pa.list_(pa.string())),
+    pa.field("topic_scores", pa.list_(TOPIC_TYPE)),
+    pa.field("tickers", pa.list_(TICKER_TYPE)),
+    pa.field("n_chunks", pa.int32()),
+)
+RECORD_KEYS = tuple(f.name for f in RECORD_FIELDS)
+
+
+def record_schema(keep: list[pa.Field] | tuple[pa.Field, ...] = ()) -> pa.Schema:
+    """Arrow schema of a part file with the kept input columns appended."""
+    return pa.schema([*RECORD_FIELDS, *keep])
