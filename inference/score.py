@@ -469,10 +469,12 @@ def score_unit(
     claim: jobs.Claim | None = None,
     worker: str = "",
 ) -> dict[str, Any]:
-    """Score one unit, publish its parts (and errors) atomically, then its done record. Returns counts."""
+    """Score one unit, publish its parts (and errors) atomically, then its done record. Returns the
+    counts of what this call scored."""
     started = time.perf_counter()
     parts, _, pieces = _segments(unit, opts, out)
     counts = {"rows": 0, "scored": 0, "errors": 0, "chunks": 0, "tokens": 0}
+    here = dict(counts)  # what this call scored (a resumed stream's earlier parts are not)
     for name in parts:
         for key, value in _part_counts(out, name).items():
             counts[key] += value
@@ -480,17 +482,19 @@ def score_unit(
         piece = _score_piece(scorer, unit, name, rows, opts, out, pool, progress, claim)
         for key, value in piece.items():
             counts[key] += value
+            here[key] += value
         parts.append(name)
     if claim is not None and not claim.still_mine():
         raise LostClaim(unit.name)
+    seconds = round(time.perf_counter() - started, 3)
     record = {
         "parts": [f"part-{name}.parquet" for name in parts],
         **counts,
         "worker": worker,
-        "seconds": round(time.perf_counter() - started, 3),
+        "seconds": seconds,
     }
     jobs.mark_done(out, unit, record)
-    return record
+    return {**here, "seconds": seconds}
 
 
 def _score_piece(

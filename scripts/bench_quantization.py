@@ -36,7 +36,7 @@ def main() -> None:
     from hydra import compose, initialize_config_dir
     from torchmetrics.functional.classification import multiclass_f1_score
 
-    from inference.engine import Article, Scorer
+    from inference.engine import Article, Scorer, configure_process
     from training.config import SchemaConfig, TrainConfig, load_config
     from training.data import load_split, to_canonical
     from training.modeling import read_meta
@@ -52,6 +52,7 @@ def main() -> None:
     articles = [Article(str(i), r["text"]) for i, r in enumerate(rows)]
     target = np.array([schema.sentiment_labels.index(r["sentiment"]) for r in rows])
 
+    configure_process()
     scorer = Scorer(args.model_dir)
     report: dict = {"model_dir": args.model_dir, "data": args.data, "split": args.split, "rows": len(rows)}
     outputs = {}

@@ -136,3 +136,70 @@ def test_ticker_map_override_works_as_the_readme_writes_it(exported, tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert [t["ticker"] for t in _read(tmp_path / "o")["tickers"][0]] == ["BABA"]
+
+
+def test_independent_processes_share_one_job_and_survive_a_kill(exported, tmp_path):
+    """The same command started twice on one output_dir (no torchrun): one is killed -9 and started
+    again; every id ends up scored exactly once and the manifest lists both live processes."""
+    src = write_jsonl(
+        tmp_path / "in.jsonl", [{"id": f"i{i}", "text": SENTENCES[i % 4]} for i in range(40_000)]
+    )
+    out = tmp_path / "shared"
+    args = _cli(f"model_dir={exported['merged']}", f"input={src}", f"output_dir={out}",
+                "inference.unit_rows=1000", "inference.max_chunks=1", "inference.progress=false")  # fmt: skip
+
+    def start():
+        return subprocess.Popen(args, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+
+    doomed, survivor = start(), start()
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(out.glob("part-*.parquet"))) < 3:
+        time.sleep(0.05)
+    os.killpg(doomed.pid, signal.SIGKILL)
+    doomed.wait()
+    restarted = start()
+    for proc in (survivor, restarted):
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-2000:]
+    got = _read(out)
+    assert len(got) == 40_000 and got["id"].is_unique
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["complete"] and (out / "_SUCCESS").exists()
+    pids = {int(w["worker"].rsplit("-", 2)[1]) for w in manifest["this_run"]["workers"]}
+    assert {survivor.pid, restarted.pid} <= pids and doomed.pid not in pids
+    assert not list(out.glob(".*tmp*")), "no temporary files may remain"
+
+
+def test_ray_backend_matches_the_local_backend_and_reruns_score_nothing_twice(exported, tmp_path):
+    pytest.importorskip("ray.data")
+    a = _corpus(tmp_path / "a.jsonl", 80, "a")
+    pd.DataFrame([{"id": f"b-{i}", "text": SENTENCES[i % 4]} for i in range(40)]).to_parquet(
+        tmp_path / "b.parquet", row_group_size=10
+    )
+    common = [f"model_dir={exported['merged']}", f"input=[{a},{tmp_path / 'b.parquet'}]",
+              "inference.unit_rows=20", "inference.progress=false"]  # fmt: skip
+    ray_args = [*common, "inference.backend=ray", "inference.ray.num_cpus=2", f"output_dir={tmp_path}/ray"]
+    for args in ([*common, f"output_dir={tmp_path}/local"], ray_args):
+        result = subprocess.run(
+            _cli(*args), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+    local, ray = _read(tmp_path / "local"), _read(tmp_path / "ray")
+    assert len(ray) == 120 and ray["id"].is_unique and set(ray["id"]) == set(local["id"])
+    merged = local.merge(ray, on="id", suffixes=("_l", "_r"))
+    for col in ("sentiment_score", "impact"):
+        assert np.abs(merged[f"{col}_l"] - merged[f"{col}_r"]).max() < 1e-4
+    manifest = json.loads((tmp_path / "ray" / "manifest.json").read_text())
+    assert {w["backend"] for w in manifest["this_run"]["workers"]} == {"ray"} and manifest["complete"]
+    # A rerun scores only what is missing: nothing, then the one unit whose part was deleted.
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "ray").glob("part-*.parquet")}
+    again = subprocess.run(_cli(*ray_args), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "ray").glob("part-*.parquet")} == before
+    (tmp_path / "ray" / "part-00001-00000.parquet").unlink()
+    third = subprocess.run(_cli(*ray_args), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert third.returncode == 0, third.stderr[-3000:]
+    manifest = json.loads((tmp_path / "ray" / "manifest.json").read_text())
+    assert manifest["units"]["this_run"] == 1 and manifest["scored"] == 120
+    assert len(_read(tmp_path / "ray")) == 120
