@@ -28,7 +28,6 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import hydra
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
@@ -44,7 +43,7 @@ from inference.engine import (
     resolve_precision,
 )
 from inference.readers import BadRow, Unit, expand_inputs, plan_units, read_unit
-from training.config import ConfigError, exit_on_config_error, load_validated
+from training.config import ConfigError, entry_point, exit_on_config_error, load_validated, register_schema
 from training.modeling import META_FILE
 from training.records import record_schema
 
@@ -67,9 +66,10 @@ class OutputOptions:
     stride: int | None = None  # tokens of overlap between chunks; null: the model folder's setting
     impact_aggregation: str = "max"  # max | mean
     topic_threshold: float = 0.5
-    # None, not {}: Hydra merges a dict override into an existing dict node, where struct mode refuses the
-    # new keys; onto null, `inference.ticker_map={Alibaba: BABA}` is a plain assignment
-    ticker_map: dict[str, str] | None = None
+    # company name -> ticker, e.g. inference.ticker_map={Alibaba: BABA}. Typed Any, checked in
+    # validate_score_config: an override onto a typed dict node is a merge, which struct mode refuses for
+    # new keys (and OmegaConf cannot merge into a null typed dict); onto an Any null it is an assignment.
+    ticker_map: Any = None
     ticker_map_file: str | None = None
 
 
@@ -117,6 +117,9 @@ class ScoreConfig:
     inference: InferenceOptions = field(default_factory=InferenceOptions)
 
 
+register_schema("score_schema", ScoreConfig)
+
+
 def validate_score_config(config: ScoreConfig) -> list[str]:
     """Check everything before work starts; returns the expanded input files."""
     problems: list[str] = []
@@ -153,6 +156,13 @@ def validate_score_config(config: ScoreConfig) -> list[str]:
             problems.append(f"inference.{key} must be >= 1")
     if opts.max_error_rate is not None and not 0 <= opts.max_error_rate <= 1:
         problems.append("inference.max_error_rate must be in [0, 1] or null")
+    if opts.ticker_map is not None and not (
+        isinstance(opts.ticker_map, dict)
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in opts.ticker_map.items())
+    ):
+        problems.append(
+            f"inference.ticker_map={opts.ticker_map!r} must map names to tickers: inference.ticker_map='{{Alibaba: BABA}}'"
+        )
     if opts.ticker_map_file and not Path(opts.ticker_map_file).is_file():
         problems.append(f"inference.ticker_map_file='{opts.ticker_map_file}' does not exist")
     if problems:
@@ -810,7 +820,7 @@ def summary_table(m: dict[str, Any], rate: float) -> str:
     return "\n".join(lines)
 
 
-@hydra.main(config_path="../configs", config_name="score", version_base="1.3")
+@entry_point("score")
 def main(cfg: DictConfig) -> None:
     config, files = load_validated(cfg, ScoreConfig, validate_score_config)
     try:

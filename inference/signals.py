@@ -28,13 +28,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 from omegaconf import DictConfig
 
-from training.config import ConfigError, exit_on_config_error, load_validated
+from training.config import ConfigError, entry_point, exit_on_config_error, load_validated, register_schema
 from training.impact_labels import Benchmark, Calendar, PriceColumns, event_session, load_prices
 
 log = logging.getLogger("newsimpact.signals")
@@ -81,6 +80,9 @@ class SignalsConfig:
     evaluation: EvaluationOptions = field(default_factory=EvaluationOptions)
     top_articles: int = 12  # news cards in report.html
     seed: int = 0  # the shuffled control signal
+
+
+register_schema("signals_schema", SignalsConfig)
 
 
 def validate_signals_config(config: SignalsConfig) -> None:
@@ -663,7 +665,7 @@ def run(config: SignalsConfig) -> dict[str, Any]:
     return summary
 
 
-@hydra.main(config_path="../configs", config_name="signals", version_base="1.3")
+@entry_point("signals")
 def main(cfg: DictConfig) -> None:
     config, _ = load_validated(cfg, SignalsConfig, validate_signals_config)
     exit_on_config_error(lambda: run(config))

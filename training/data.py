@@ -362,6 +362,7 @@ def build_splits(
     calibrations: Mapping[str, dict[str, Any]] | None = None,
     replace_urls: str | None = None,
     teacher: Any = None,
+    seed: int = 13,
 ) -> dict[str, datasets.Dataset]:
     """Every split (or the ``only`` ones) of every source, canonicalised, encoded and mixed.
 
@@ -370,6 +371,7 @@ def build_splits(
     training rows, so evaluation applies the mapping the model was trained with. ``replace_urls`` is the
     model's text normalisation (:func:`training.text.normalize`). ``teacher``
     (:class:`training.distill.Teacher`) adds its outputs to every training split as soft targets.
+    ``seed``: the run's seed, for ``max_samples`` subsets and source weights.
     """
     per_split: dict[str, list[datasets.Dataset]] = {}
     for name, source in data.sources.items():
@@ -379,12 +381,12 @@ def build_splits(
                 continue
             ds = to_canonical(load_split(source, split), name, source, schema, calibration)
             if source.max_samples is not None and len(ds) > source.max_samples:
-                ds = ds.shuffle(seed=data.seed).select(range(source.max_samples))
+                ds = ds.shuffle(seed=seed).select(range(source.max_samples))
             if teacher is not None and split_name == "train":
                 ds = teacher.attach(ds, name)
             ds = encode(ds, tokenizer, schema, max_length, replace_urls)
             if split_name == "train":
-                ds = _weighted(ds, source.weight, data.seed)
+                ds = _weighted(ds, source.weight, seed)
             per_split.setdefault(split_name, []).append(ds)
     return {k: v[0] if len(v) == 1 else datasets.concatenate_datasets(v) for k, v in per_split.items()}
 
@@ -395,6 +397,12 @@ class LengthGroupedSampler(torch.utils.data.Sampler[int]):
     Indices are shuffled, cut into mega-batches of ``mega_batches * batch_size``, sorted by length inside
     each, cut into batches, and the batches shuffled: batches stay random, padding mostly disappears
     (the idea of transformers' ``group_by_length``). Under DDP Lightning wraps it in a distributed sampler.
+
+    Not ``transformers.trainer_pt_utils.LengthGroupedSampler``: that one yields each mega-batch sorted
+    longest first and in order, so every run of 50 batches walks from long to short rows (a length trend
+    inside each epoch) and always opens with the longest batch; and it reshuffles from a generator's
+    running state, where this one is a pure function of ``seed + epoch`` (``set_epoch``), so a resumed
+    run sees the same order as an uninterrupted one.
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0, mega_batches: int = 50):
@@ -459,6 +467,8 @@ class Collator:
             "entity_scores": entity_scores,
             "topic_targets": topics,
         }
+        if "row_index" in rows[0]:
+            batch["row_index"] = torch.tensor([r["row_index"] for r in rows], dtype=torch.long)
         if "teacher_probs" in rows[0]:  # distillation targets (training rows only); NaN where none
             for key in TEACHER_COLUMNS:
                 batch[key] = torch.tensor([r[key] for r in rows], dtype=torch.float32)

@@ -16,14 +16,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 from torchmetrics.functional import classification as tmc
 from tqdm.auto import tqdm
 
-from training.config import ConfigError, DataConfig, SchemaConfig, load_validated
+from training import artifacts
+from training.config import (
+    ConfigError,
+    DataConfig,
+    SchemaConfig,
+    entry_point,
+    load_validated,
+    register_schema,
+)
 from training.data import Collator, build_splits
 from training.modeling import META_FILE, NewsImpactModel, load_tokenizer, load_trained, read_meta
 from training.module import HeadMetrics
@@ -37,8 +44,12 @@ class EvaluateConfig:
     model_dir: str = "???"
     split: str = "test"
     output_dir: str = "???"
-    batch_size: int = 64
+    # data.eval_batch_size, pad_to_multiple_of and num_workers cut the batches; group_by_length sorts the
+    # rows by length first (less padding; the metrics do not depend on the order); batch_size is training's
     data: DataConfig = field(default_factory=DataConfig)
+
+
+register_schema("evaluate_schema", EvaluateConfig)
 
 
 def validate_evaluate_config(config: EvaluateConfig) -> None:
@@ -188,6 +199,11 @@ def training_style_metrics(model: NewsImpactModel, loader: DataLoader) -> dict[s
     return metrics.compute()
 
 
+def _save(fig: Any, path: Path) -> None:
+    with artifacts.atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+
+
 def plot(pred: dict[str, torch.Tensor], labels: list[str], out: Path) -> list[str]:
     import matplotlib
 
@@ -213,7 +229,7 @@ def plot(pred: dict[str, torch.Tensor], labels: list[str], out: Path) -> list[st
         ax.set_ylabel("true")
         ax.set_title("sentiment confusion matrix")
         fig.tight_layout()
-        fig.savefig(out / "confusion_matrix.png", dpi=120)
+        _save(fig, out / "confusion_matrix.png")
         plt.close(fig)
         written.append("confusion_matrix.png")
 
@@ -234,7 +250,7 @@ def plot(pred: dict[str, torch.Tensor], labels: list[str], out: Path) -> list[st
         ax.set_ylabel("accuracy")
         ax.set_title(f"reliability (ECE {ece:.3f})")
         fig.tight_layout()
-        fig.savefig(out / "reliability.png", dpi=120)
+        _save(fig, out / "reliability.png")
         plt.close(fig)
         written.append("reliability.png")
     for head, p_key, t_key in (
@@ -251,7 +267,7 @@ def plot(pred: dict[str, torch.Tensor], labels: list[str], out: Path) -> list[st
         ax.set_xlabel(f"true {head}")
         ax.set_ylabel(f"predicted {head}")
         fig.tight_layout()
-        fig.savefig(out / f"scatter_{head}.png", dpi=120)
+        _save(fig, out / f"scatter_{head}.png")
         plt.close(fig)
         written.append(f"scatter_{head}.png")
     return written
@@ -291,9 +307,15 @@ def run(config: EvaluateConfig) -> dict[str, Any]:
         calibrations=meta.get("impact_calibration"),
         replace_urls=meta.get("replace_urls"),
     )[config.split]
+    if config.data.group_by_length:
+        lengths = [len(ids) for ids in ds["input_ids"]]
+        ds = ds.select(sorted(range(len(ds)), key=lambda i: -lengths[i]))
     loader = DataLoader(
-        ds, batch_size=config.batch_size, collate_fn=Collator(tokenizer.pad_token_id, len(schema.topics))
-    )  # type: ignore[arg-type]
+        ds,  # type: ignore[arg-type]
+        batch_size=config.data.eval_batch_size,
+        num_workers=config.data.num_workers,
+        collate_fn=Collator(tokenizer.pad_token_id, len(schema.topics), config.data.pad_to_multiple_of),
+    )
     pred = predict(model, loader)
     metrics = compute_metrics(pred, schema.sentiment_labels, schema.topics)
     metrics["training_style"] = training_style_metrics(model, loader)
@@ -307,13 +329,13 @@ def run(config: EvaluateConfig) -> dict[str, Any]:
         "rows": len(ds),
         "seconds": round(time.perf_counter() - start, 1),
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    artifacts.write_text(out / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True))
     print(format_table(metrics))
     print(f"newsimpact: {len(ds)} rows evaluated; metrics.json and plots in {out}")
     return metrics
 
 
-@hydra.main(config_path="../configs", config_name="evaluate", version_base="1.3")
+@entry_point("evaluate")
 def main(cfg: DictConfig) -> None:
     config, _ = load_validated(cfg, EvaluateConfig, validate_evaluate_config)
     run(config)

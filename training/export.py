@@ -17,16 +17,15 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
 from omegaconf import DictConfig
 
-from training.config import ConfigError, exit_on_config_error, load_validated
+from training.artifacts import atomic_dir
+from training.config import ConfigError, entry_point, exit_on_config_error, load_validated, register_schema
 from training.modeling import (
     _DTYPES,
     FORMAT_VERSION,
@@ -35,6 +34,7 @@ from training.modeling import (
     NewsImpactModel,
     load_tokenizer,
     load_trained,
+    pooler_attached,
     read_meta,
 )
 from training.records import HEAD_OUTPUTS, head_outputs
@@ -59,6 +59,9 @@ class ExportConfig:
     output_dir: str = "???"
     overwrite: bool = False
     export: ExportOptions = field(default_factory=ExportOptions)
+
+
+register_schema("export_schema", ExportConfig)
 
 
 def validate_export_config(config: ExportConfig) -> None:
@@ -255,64 +258,60 @@ def run(config: ExportConfig) -> Path:
     run_info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
     model = load_run_model(run_dir, opts.checkpoint)
     tokenizer = load_tokenizer(str(run_dir / "adapter"))
-    if out.exists() and config.overwrite:
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    dtype = _DTYPES[EXPORT_DTYPES[opts.dtype]]
-    is_peft = hasattr(model.backbone, "peft_config")
-    if opts.format == "adapter":
-        if not is_peft:
-            raise ConfigError(
-                ["export.format=adapter: this run fine-tuned the full backbone (peft.method=none)"]
-            )
-        model.backbone.save_pretrained(out)
-    else:
-        backbone = model.backbone.merge_and_unload() if is_peft else model.backbone
-        model.backbone = backbone
-        _restore_pooler(backbone, run_meta["base_model"])
-        backbone.to(dtype).save_pretrained(out)
-        if opts.format == "onnx":
-            model.float()
-            model.backbone.config._attn_implementation = "eager"
-            export_onnx(model, tokenizer, out / "model.onnx", opts.opset)
-            if opts.quantize == "int8":
-                from onnxruntime.quantization import QuantType, quantize_dynamic
-
-                quantize_dynamic(
-                    str(out / "model.onnx"), str(out / "model.int8.onnx"), weight_type=QuantType.QInt8
+    # Everything is written into a temporary folder beside output_dir, renamed into place when whole.
+    with atomic_dir(out, replace=config.overwrite) as folder:
+        dtype = _DTYPES[EXPORT_DTYPES[opts.dtype]]
+        is_peft = hasattr(model.backbone, "peft_config")
+        if opts.format == "adapter":
+            if not is_peft:
+                raise ConfigError(
+                    ["export.format=adapter: this run fine-tuned the full backbone (peft.method=none)"]
                 )
-    from safetensors.torch import save_file
+            model.backbone.save_pretrained(folder)
+        else:
+            backbone = model.backbone.merge_and_unload() if is_peft else model.backbone
+            model.backbone = backbone
+            with pooler_attached(backbone.to(dtype)):  # loads with AutoModel without missing-weight warnings
+                backbone.save_pretrained(folder)
+            if opts.format == "onnx":
+                model.float()
+                model.backbone.config._attn_implementation = "eager"
+                export_onnx(model, tokenizer, folder / "model.onnx", opts.opset)
+                if opts.quantize == "int8":
+                    from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    save_file({k: v.float().contiguous() for k, v in model.heads.state_dict().items()}, str(out / HEADS_FILE))
-    tokenizer.save_pretrained(out)
-    meta = {
-        **run_meta,
-        "format_version": FORMAT_VERSION,
-        "format": opts.format,
-        "dtype": EXPORT_DTYPES[opts.dtype],
-        "metrics": run_info.get("val_metrics", {}),
-        "exported_from": {"run_dir": str(run_dir.resolve()), "checkpoint": opts.checkpoint},
-        "chunking": {"max_length": run_meta["max_length"], "stride": max(16, run_meta["max_length"] // 8)},
-        "onnx": {"file": "model.onnx", "outputs": list(HEAD_OUTPUTS)} if opts.format == "onnx" else None,
-    }
-    (out / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
-    (out / "README.md").write_text(_model_card(meta, run_info))
+                    quantize_dynamic(
+                        str(folder / "model.onnx"),
+                        str(folder / "model.int8.onnx"),
+                        weight_type=QuantType.QInt8,
+                    )
+        from safetensors.torch import save_file
+
+        save_file(
+            {k: v.float().contiguous() for k, v in model.heads.state_dict().items()}, str(folder / HEADS_FILE)
+        )
+        tokenizer.save_pretrained(folder)
+        meta = {
+            **run_meta,
+            "format_version": FORMAT_VERSION,
+            "format": opts.format,
+            "dtype": EXPORT_DTYPES[opts.dtype],
+            "metrics": run_info.get("val_metrics", {}),
+            "exported_from": {"run_dir": str(run_dir.resolve()), "checkpoint": opts.checkpoint},
+            "chunking": {
+                "max_length": run_meta["max_length"],
+                "stride": max(16, run_meta["max_length"] // 8),
+            },
+            "onnx": {"file": "model.onnx", "outputs": list(HEAD_OUTPUTS)} if opts.format == "onnx" else None,
+        }
+        (folder / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+        (folder / "README.md").write_text(_model_card(meta, run_info))
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"newsimpact: exported {opts.format} model to {out} ({size / 1e6:.1f} MB)")
     return out
 
 
-def _restore_pooler(backbone: Any, base_model: str) -> None:
-    """Put the base model's (unused) pooler back so the folder loads with AutoModel without warnings."""
-    if not hasattr(backbone, "pooler") or backbone.pooler is not None:
-        return
-    from transformers import AutoModel
-
-    base = AutoModel.from_pretrained(base_model)
-    backbone.pooler = getattr(base, "pooler", None)
-
-
-@hydra.main(config_path="../configs", config_name="export", version_base="1.3")
+@entry_point("export")
 def main(cfg: DictConfig) -> None:
     config, _ = load_validated(cfg, ExportConfig, validate_export_config)
     exit_on_config_error(lambda: run(config))

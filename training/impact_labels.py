@@ -33,12 +33,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import hydra
 import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
-from training.config import ConfigError, exit_on_config_error, load_validated
+from training import artifacts
+from training.config import ConfigError, entry_point, exit_on_config_error, load_validated, register_schema
 
 log = logging.getLogger("newsimpact.impact_labels")
 
@@ -72,14 +72,18 @@ class ImpactLabelsConfig:
     naive_timezone: str | None = None  # zone of timestamps without one; null: the exchange zone
     market_close: str = "16:00"
     date_only_session: str = "same"  # same | next
+    # sessions relative to the event session: the return from close(e+a-1) to close(e+b)
     window: list[int] = field(default_factory=lambda: [0, 1])
     beta_window: list[int] | None = None  # e.g. [-250, -20] sessions before the event
-    exclude_self: bool = False
+    exclude_self: bool = False  # equal-weighted benchmark without the stock itself
     calibration: str | None = None  # apply a saved calibration instead of building one from this data
     quantiles: int = 1001
     sentiment_score: str | None = None  # signed: sign(abnormal return) * impact
     errors: str | None = None  # default: <output stem>.errors.jsonl
     calibration_output: str | None = None  # default: <output stem>.calibration.json
+
+
+register_schema("impact_labels_schema", ImpactLabelsConfig)
 
 
 def validate(config: ImpactLabelsConfig) -> None:
@@ -383,12 +387,13 @@ def run(config: ImpactLabelsConfig) -> dict[str, Any]:
         ]
     output = Path(config.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    out.to_parquet(output, index=False)
+    with artifacts.atomic_file(output) as tmp:
+        out.to_parquet(tmp, index=False)
     errors_path = Path(config.errors or output.with_suffix(".errors.jsonl"))
-    errors_path.write_text("".join(json.dumps(e, default=str) + "\n" for e in errors))
+    artifacts.write_text(errors_path, "".join(json.dumps(e, default=str) + "\n" for e in errors))
     calib_path = Path(config.calibration_output or output.with_suffix(".calibration.json"))
     if not config.calibration:
-        calib_path.write_text(json.dumps(calibration))
+        artifacts.write_text(calib_path, json.dumps(calibration))
     summary = {
         "rows_read": len(out) + len(errors),
         "labelled": len(out),
@@ -412,7 +417,7 @@ def run(config: ImpactLabelsConfig) -> dict[str, Any]:
     return summary
 
 
-@hydra.main(config_path="../configs", config_name="impact_labels", version_base="1.3")
+@entry_point("impact_labels")
 def main(cfg: DictConfig) -> None:
     config, _ = load_validated(cfg, ImpactLabelsConfig, validate)
     exit_on_config_error(lambda: run(config))

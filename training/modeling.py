@@ -8,8 +8,10 @@ share the pass and scoring cost does not grow with their number.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -219,14 +221,43 @@ def load_backbone(model_cfg: ModelConfig, peft_cfg: PeftConfig | None = None) ->
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = BitsAndBytesConfig(**peft_cfg.quantization)
-    backbone = AutoModel.from_pretrained(model_cfg.pretrained_model_name_or_path, **kwargs)
-    if getattr(backbone, "pooler", None) is not None:
-        # BERT-style poolers are unused (we pool ourselves); dropping them keeps every parameter in the
-        # graph for DDP and keeps exports honest about what the model uses.
-        backbone.pooler = None
+    backbone = detach_pooler(AutoModel.from_pretrained(model_cfg.pretrained_model_name_or_path, **kwargs))
     if model_cfg.gradient_checkpointing:
         backbone.gradient_checkpointing_enable()
     return backbone
+
+
+_POOLER = "_newsimpact_pooler"
+
+
+def detach_pooler(backbone: Any) -> Any:
+    """Take a BERT-style pooler out of the backbone; returns the backbone.
+
+    We pool the hidden states ourselves, so the pooler never runs: left in, its weights would train with
+    no gradient (DDP refuses parameters outside the graph, and LoRA ``all-linear`` would adapt it). It is
+    kept beside the backbone (an attribute, not a submodule: no parameters, no state dict) so that
+    :func:`pooler_attached` can put it back when a folder is saved for ``AutoModel``, without loading the
+    base model a second time. Every loading path goes through here.
+    """
+    pooler = getattr(backbone, "pooler", None)
+    if pooler is not None:
+        backbone.pooler = None
+        object.__setattr__(backbone, _POOLER, pooler)
+    return backbone
+
+
+@contextlib.contextmanager
+def pooler_attached(backbone: Any) -> Iterator[Any]:
+    """The backbone with its detached pooler back in place (for ``save_pretrained``), detached again after."""
+    pooler = backbone.__dict__.get(_POOLER)
+    if pooler is not None:
+        like = next(backbone.parameters())
+        backbone.pooler = pooler.to(device=like.device, dtype=like.dtype)
+    try:
+        yield backbone
+    finally:
+        if pooler is not None:
+            backbone.pooler = None
 
 
 def apply_peft(backbone: Any, peft_cfg: PeftConfig) -> Any:
@@ -328,12 +359,17 @@ def save_trainable(model: NewsImpactModel, out_dir: str | os.PathLike[str], meta
     """Write the adapter (or full backbone for method=none), the heads and ``newsimpact.json``."""
     from safetensors.torch import save_file
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model.backbone.save_pretrained(out / "backbone")
-    heads = {k: v.detach().float().contiguous().cpu() for k, v in model.heads.state_dict().items()}
-    save_file(heads, str(out / HEADS_FILE))
-    (out / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    from training.artifacts import atomic_dir
+
+    with atomic_dir(out_dir, replace=True) as out:  # whole or not at all
+        if hasattr(model.backbone, "peft_config"):
+            model.backbone.save_pretrained(out / "backbone")  # the adapter only
+        else:  # method=none: the whole backbone, loadable with AutoModel (pooler included)
+            with pooler_attached(model.backbone) as backbone:
+                backbone.save_pretrained(out / "backbone")
+        heads = {k: v.detach().float().contiguous().cpu() for k, v in model.heads.state_dict().items()}
+        save_file(heads, str(out / HEADS_FILE))
+        (out / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
 
 
 def read_meta(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
@@ -372,14 +408,11 @@ def load_trained(folder: str | os.PathLike[str], dtype: str | None = None) -> Ne
         if (weights / "adapter_config.json").exists():
             from peft import PeftModel
 
-            base = AutoModel.from_pretrained(meta["base_model"], dtype=torch_dtype)
-            if getattr(base, "pooler", None) is not None:
-                base.pooler = None
+            base = detach_pooler(AutoModel.from_pretrained(meta["base_model"], dtype=torch_dtype))
             backbone = PeftModel.from_pretrained(base, weights)
         else:  # peft.method=none: the run saved the whole fine-tuned backbone
             backbone = AutoModel.from_pretrained(weights, dtype=torch_dtype)
-    if getattr(backbone, "pooler", None) is not None:
-        backbone.pooler = None
+    detach_pooler(backbone)
     model = NewsImpactModel(backbone, schema, pooling=meta["pooling"], head_dropout=0.0)
     _load_heads(model, path)
     return model.eval()

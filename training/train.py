@@ -20,14 +20,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import hydra
 import pytorch_lightning as pl
-from lightning_fabric.loggers.logger import rank_zero_experiment
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.loggers import CSVLogger
-from pytorch_lightning.loggers.csv_logs import ExperimentWriter
+from pytorch_lightning.loggers import Logger
+from pytorch_lightning.utilities import rank_zero_only
 
-from training.config import TrainConfig, load_validated, validate_train_config
+from training.config import TrainConfig, entry_point, load_validated, validate_train_config
 from training.data import impact_calibrations
 from training.distill import Teacher
 from training.modeling import FORMAT_VERSION, LabelSchema, build_model, load_tokenizer, save_trainable
@@ -57,28 +55,65 @@ def git_revision() -> str | None:
         return None
 
 
-class _AppendingWriter(ExperimentWriter):
-    """Keeps the rows of earlier attempts of a resumed run (Lightning's writer deletes metrics.csv)."""
+class RunCSVLogger(Logger):
+    """``metrics.csv`` straight in the run directory, one row per logging step, kept across resumes.
 
-    def _check_log_dir_exists(self) -> None:
-        if self._fs.isfile(self.metrics_file_path):
-            with self._fs.open(self.metrics_file_path, "r", newline="") as fh:
-                self.metrics_keys = sorted(next(csv.reader(fh), []))
+    Lightning's CSVLogger writes under ``<save_dir>/<name>/<version>/`` and deletes an existing
+    metrics.csv (a resumed run would lose its first attempt's rows); changing either means overriding its
+    private members. This is Lightning's public ``Logger`` interface over the csv module instead.
+    """
 
-
-class RunCSVLogger(CSVLogger):
-    """CSVLogger writing ``metrics.csv`` straight into the run directory, appending on resume."""
-
-    def __init__(self, run_dir: Path):
-        super().__init__(save_dir=str(run_dir), name="", version="")
+    def __init__(self, run_dir: Path, flush_every_s: float = 5.0):
+        super().__init__()
+        self.path = Path(run_dir) / "metrics.csv"
+        self.flush_every_s = flush_every_s
+        self.rows: list[dict[str, Any]] = []
+        self.last_flush = 0.0
+        if self.path.exists():  # a resumed run: the rows of its earlier attempts stay
+            with self.path.open(newline="") as fh:
+                self.rows = list(csv.DictReader(fh))
 
     @property
-    @rank_zero_experiment
-    def experiment(self) -> Any:
-        if self._experiment is None:
-            self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = _AppendingWriter(log_dir=self.log_dir)
-        return self._experiment
+    def name(self) -> str:
+        return "csv"
+
+    @property
+    def version(self) -> str:
+        return ""
+
+    @property
+    def save_dir(self) -> str:
+        return str(self.path.parent)
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        """Nothing: run.json holds the whole resolved config."""
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        values = {k: (v.item() if hasattr(v, "item") else v) for k, v in metrics.items()}
+        self.rows.append({"step": step, **values})
+
+    @rank_zero_only
+    def save(self) -> None:
+        if time.monotonic() - self.last_flush >= self.flush_every_s:
+            self._write()
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        self._write()
+
+    def _write(self) -> None:
+        self.last_flush = time.monotonic()
+        if not self.rows:
+            return
+        keys = sorted({k for row in self.rows for k in row})
+        tmp = self.path.with_name(".metrics.csv.tmp")
+        with tmp.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        tmp.replace(self.path)
 
 
 def build_loggers(config: TrainConfig, run_dir: Path) -> list[Any]:
@@ -168,6 +203,7 @@ def run(config: TrainConfig, run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         calibrations,
         config.model.replace_urls,
         teacher,
+        seed=config.seed,
     )
     model = build_model(config.model, config.peft, schema)
     powers = {"balanced": 1.0, "sqrt_balanced": 0.5}
@@ -215,6 +251,7 @@ def run(config: TrainConfig, run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         best_checkpoint=_best_checkpoint(trainer),
         best_score=_best_score(trainer, module, config),
         val_history=module.val_history,
+        train_rows=module.train_rows,
     )
     if trainer.is_global_zero:
         save_trainable(
@@ -273,13 +310,11 @@ def _best_score(trainer: pl.Trainer, module: NewsImpactModule, config: TrainConf
 
 
 def _quiet_known_warnings() -> None:
-    # The run directory also holds checkpoints and run.json, which CSVLogger mistakes for old logs.
-    warnings.filterwarnings("ignore", message=".*Experiment logs directory .* exists and is not empty.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
 
 
-@hydra.main(config_path="../configs", config_name="train", version_base="1.3")
+@entry_point("train")
 def main(cfg: DictConfig) -> float | None:
     """Train; returns the best ``checkpoint.monitor`` value (the objective of a Hydra sweep)."""
     _quiet_known_warnings()

@@ -37,7 +37,9 @@ def test_ddp_two_cpu_processes(tiny_bert, tmp_path):
     info = json.loads((run_dir / "run.json").read_text())
     assert info["status"] == "finished" and info["global_step"] == 6
     assert info["config"]["trainer"]["strategy"] == "ddp" and info["config"]["trainer"]["devices"] == 2
-    # Two ranks split the 290 sample rows: 6 steps of 4 rows per rank cover 48 rows.
+    # Two ranks split the 290 sample rows: 6 steps of 4 rows per rank, 48 distinct rows, none on both.
+    rows = info["train_rows"]
+    assert rows["per_rank"] == [24, 24] and rows["distinct"] == 48 and rows["seen_by_several_ranks"] == 0
     assert (
         "world_size=2" in result.stdout + result.stderr
         or "distributed_backend=gloo" in result.stdout + result.stderr

@@ -139,3 +139,22 @@ def test_model_card_names_the_hub_backbone_of_a_packaged_copy(tmp_path):
     )
     assert _hub_base_model("ProsusAI/finbert") == "ProsusAI/finbert"
     assert _hub_base_model(str(tmp_path)) is None  # a local model of the user's: no Hub id to claim
+
+
+def test_int8_onnx_agrees_with_fp32_on_labels(exported, tmp_path):
+    """Dynamic int8 quantization changes the label only where fp32 itself is nearly undecided."""
+    ort = pytest.importorskip("onnxruntime")
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    folder = exported["onnx"]
+    int8 = tmp_path / "model.int8.onnx"
+    quantize_dynamic(str(folder / "model.onnx"), str(int8), weight_type=QuantType.QInt8)
+    scorer = Scorer(str(folder), max_chunks=1)
+    articles = _articles(48)
+    fp32 = np.array([r["sentiment_probs"] for r in scorer.score(articles)])
+    scorer.runner.session = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"])
+    q = np.array([r["sentiment_probs"] for r in scorer.score(articles)])
+    assert np.abs(fp32 - q).max() < 0.1
+    differ = fp32.argmax(1) != q.argmax(1)
+    top2 = np.sort(fp32, axis=1)[:, -2:]
+    assert (differ.mean() <= 0.1) and (top2[differ, 1] - top2[differ, 0] < 0.05).all()

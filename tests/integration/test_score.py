@@ -178,8 +178,16 @@ def test_bf16_on_cpu_is_close_to_fp32(exported, tmp_path):
     )
     _score(exported["merged"], str(src), tmp_path / "fp32", precision="fp32")
     _score(exported["merged"], str(src), tmp_path / "bf16", precision="bf16")
-    a, b = _read(tmp_path / "fp32"), _read(tmp_path / "bf16")
-    assert (a["impact"] - b["impact"]).abs().max() < 0.05
+    a, b = _read(tmp_path / "fp32").set_index("id"), _read(tmp_path / "bf16").set_index("id")
+    b = b.loc[a.index]
+    for column in ("sentiment_score", "impact"):
+        assert (a[column] - b[column]).abs().max() < 0.05, column
+    for column, key in (("sentiment_probs", None), ("topic_scores", "score"), ("tickers", "sentiment_score")):
+        for x, y in zip(a[column], b[column]):
+            x = [v[key] for v in x] if key else list(x)
+            y = [v[key] for v in y] if key else list(y)
+            assert len(x) == len(y) and max((abs(p - q) for p, q in zip(x, y)), default=0) < 0.05, column
+    assert sum(len(t) for t in a["tickers"]) == 8  # every row names $ACME: the ticker head is compared
 
 
 def test_parts_stream_window_by_window(exported, tmp_path):

@@ -64,11 +64,14 @@ def test_every_experiment_composes_and_validates(experiment, request, tmp_path):
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "configs" / "data").glob("*.yaml")))
-def test_every_data_config_composes(name):
+def test_every_data_config_composes_and_validates(name):
     config = compose_train([f"data={name}"])
     assert config.data.sources
     for source in config.data.sources.values():
         assert "text" in source.columns and "train" in source.splits
+    if any("shared" in s.root for s in config.data.sources.values()) and not SHARED_DATA.is_dir():
+        pytest.skip(f"{SHARED_DATA} not present")
+    validate_train_config(config)  # every split's files exist, every column and label maps
 
 
 @pytest.mark.parametrize("override", ["+peft.rnak=3", "peft.r=eight"])
