@@ -20,9 +20,9 @@ import torch
 from inference import attention as cpu_attention
 from inference.cpu_ops import keep_heap_memory, use_inplace_gelu
 from training.modeling import HEADS_FILE, META_FILE, load_tokenizer, load_trained, read_meta
-from training.records import HEAD_OUTPUTS, head_outputs
+from training.records import HEAD_OUTPUTS, head_outputs, untrained
 from training.text import normalize
-from training.tickers import extract_tickers, find_mentions, spans_to_tokens
+from training.tickers import NameMatcher, extract_tickers, find_mentions, spans_to_tokens
 
 # A long article is cut to this many characters per allowed chunk before tokenizing, so one giant row
 # costs bounded time (generous: English averages ~4-5 characters per token).
@@ -202,6 +202,12 @@ class Scorer:
         self.meta = read_meta(model_dir)
         self.labels: list[str] = self.meta["schema"]["sentiment_labels"]
         self.topics: list[str] = self.meta["schema"]["topics"]
+        # Classes and topics no training row taught (newsimpact.json label_counts) are never emitted as
+        # predictions: an untrained class gets probability 0 (the others renormalised), an untrained topic
+        # is left out of topics and topic_scores. Models exported without counts emit everything.
+        missing = untrained(self.meta.get("label_counts"))
+        self.class_mask = np.array([label not in missing["sentiment"] for label in self.labels])
+        self.taught_topics = [i for i, t in enumerate(self.topics) if t not in missing["topics"]]
         self.max_length: int = self.meta["max_length"]
         self.replace_urls: str | None = self.meta.get("replace_urls")
         self.stride = (
@@ -223,6 +229,7 @@ class Scorer:
         self.impact_aggregation = impact_aggregation
         self.topic_threshold = topic_threshold
         self.ticker_map = dict(ticker_map or {})
+        self.names = NameMatcher(self.ticker_map)  # one pass over each text's words, whatever the map size
         self.aliases: dict[str, list[str]] = {}
         for name, ticker in self.ticker_map.items():
             self.aliases.setdefault(ticker, []).append(name)
@@ -241,7 +248,7 @@ class Scorer:
             return_offsets_mapping=True,
         )
         tickers = [
-            a.tickers if a.tickers is not None else extract_tickers(text, self.ticker_map)
+            a.tickers if a.tickers is not None else extract_tickers(text, self.names)
             for a, text in zip(articles, texts)
         ]
         spans = [
@@ -359,6 +366,9 @@ class Scorer:
             weights = np.array([len(chunks[i].input_ids) for i in idx], dtype=np.float64)
             weights /= weights.sum()
             p = (probs[idx] * weights[:, None]).sum(0)
+            if not self.class_mask.all() and (p * self.class_mask).sum() > 0:
+                p = p * self.class_mask
+                p /= p.sum()
             t = topic[idx].max(0)
             ticker_out = []
             for k, ticker in enumerate(tickers[a]):
@@ -379,8 +389,10 @@ class Scorer:
                         if self.impact_aggregation == "max"
                         else (impact[idx] * weights).sum()
                     ),
-                    "topics": [name for name, s in zip(self.topics, t) if s >= self.topic_threshold],
-                    "topic_scores": [{"topic": name, "score": float(s)} for name, s in zip(self.topics, t)],
+                    "topics": [self.topics[i] for i in self.taught_topics if t[i] >= self.topic_threshold],
+                    "topic_scores": [
+                        {"topic": self.topics[i], "score": float(t[i])} for i in self.taught_topics
+                    ],
                     "tickers": ticker_out,
                     "n_chunks": len(idx),
                     **article.extra,
@@ -389,9 +401,27 @@ class Scorer:
         return records
 
 
-def load_ticker_map(path: str | None, inline: Mapping[str, str] | None) -> dict[str, str]:
-    """Company-name → ticker map from a JSON file ({"Alibaba": "BABA"}) merged with inline entries."""
+PACKAGED_TICKER_MAPS = ("us_stocknet", "india_sentfin")
+
+
+def packaged_ticker_map(name: str) -> dict[str, str]:
+    """A company-name map that ships in the package (newsimpact/ticker_maps/, scripts/build_ticker_maps.py)."""
+    from importlib import resources
+
+    if name not in PACKAGED_TICKER_MAPS:
+        raise ValueError(f"unknown ticker map '{name}'; packaged: {', '.join(PACKAGED_TICKER_MAPS)}")
+    text = resources.files("newsimpact").joinpath("ticker_maps", f"{name}.json").read_text(encoding="utf-8")
+    return dict(json.loads(text)["names"])
+
+
+def load_ticker_map(
+    path: str | None, inline: Mapping[str, str] | None, packaged: Sequence[str] = ()
+) -> dict[str, str]:
+    """Company-name → ticker map: packaged maps, then a JSON file ({"Alibaba": "BABA"}), then inline
+    entries (a later source wins for the same name)."""
     mapping: dict[str, str] = {}
+    for name in packaged:
+        mapping.update(packaged_ticker_map(name))
     if path:
         mapping.update(json.loads(Path(path).read_text()))
     mapping.update(inline or {})

@@ -35,6 +35,7 @@ from omegaconf import DictConfig
 
 from inference import jobs
 from inference.engine import (
+    PACKAGED_TICKER_MAPS,
     Article,
     Scorer,
     configure_process,
@@ -71,6 +72,9 @@ class OutputOptions:
     # new keys (and OmegaConf cannot merge into a null typed dict); onto an Any null it is an assignment.
     ticker_map: Any = None
     ticker_map_file: str | None = None
+    # packaged company-name maps (us_stocknet: 86 US large caps; india_sentfin: 897 NSE companies), e.g.
+    # inference.ticker_names=[us_stocknet]: tickers of articles that name the company without a cashtag
+    ticker_names: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -163,6 +167,11 @@ def validate_score_config(config: ScoreConfig) -> list[str]:
         problems.append(
             f"inference.ticker_map={opts.ticker_map!r} must map names to tickers: inference.ticker_map='{{Alibaba: BABA}}'"
         )
+    for name in opts.ticker_names:
+        if name not in PACKAGED_TICKER_MAPS:
+            problems.append(
+                f"inference.ticker_names: '{name}' is not a packaged map ({', '.join(PACKAGED_TICKER_MAPS)})"
+            )
     if opts.ticker_map_file and not Path(opts.ticker_map_file).is_file():
         problems.append(f"inference.ticker_map_file='{opts.ticker_map_file}' does not exist")
     if problems:
@@ -593,7 +602,7 @@ def build_scorer(config: ScoreConfig, device: str, precision: str) -> Scorer:
         stride=opts.stride,
         impact_aggregation=opts.impact_aggregation,
         topic_threshold=opts.topic_threshold,
-        ticker_map=load_ticker_map(opts.ticker_map_file, opts.ticker_map),
+        ticker_map=load_ticker_map(opts.ticker_map_file, opts.ticker_map, opts.ticker_names),
     )
 
 

@@ -317,6 +317,41 @@ class _Encoder:
         }
 
 
+def label_counts(ds: datasets.Dataset, schema: SchemaConfig) -> dict[str, Any]:
+    """How many training rows taught each head, each sentiment class and each topic.
+
+    ``topics.<name>``: rows with a topic label (``rows``) and those tagged with it (``positive``); a topic
+    no row is tagged with was never taught, and neither was a class no row has. Saved with the run and
+    every export (``newsimpact.json`` ``label_counts``), so the scorer can leave such outputs out.
+    """
+    sentiment = [0] * len(schema.sentiment_labels)
+    for value in ds["sentiment_id"]:
+        if value is not None and value >= 0:
+            sentiment[value] += 1
+    topic_rows = [0] * len(schema.topics)
+    topic_positive = [0] * len(schema.topics)
+    for targets in ds["topic_targets"]:
+        if targets:
+            for i, t in enumerate(targets[: len(schema.topics)]):
+                if t == t:  # not NaN: this row is labelled for the topic
+                    topic_rows[i] += 1
+                    topic_positive[i] += int(t > 0.5)
+    return {
+        "rows": len(ds),
+        "heads": {
+            "sentiment": sum(sentiment),
+            "sentiment_score": sum(v is not None for v in ds["sentiment_score"]),
+            "impact": sum(v is not None for v in ds["impact"]),
+            "topics": sum(1 for t in ds["topic_targets"] if t),
+            "tickers": sum(len(s) for s in ds["entity_scores"]),
+        },
+        "sentiment": dict(zip(schema.sentiment_labels, sentiment)),
+        "topics": {
+            name: {"rows": r, "positive": p} for name, r, p in zip(schema.topics, topic_rows, topic_positive)
+        },
+    }
+
+
 MODEL_COLUMNS = [
     "input_ids",
     "attention_mask",

@@ -75,9 +75,7 @@ class Teacher:
             )
         self.fingerprint = model_fingerprint(self.model_dir)
         self.root = Path(config.cache_dir) if config.cache_dir else cache_dir() / "distill"
-        teacher_topics = list(self.meta["schema"]["topics"])
-        # The student's topic i is the teacher's topic index[i] (or none: -1).
-        self.topic_index = [teacher_topics.index(t) if t in teacher_topics else -1 for t in topics]
+        self.topics = list(topics)  # the student's; a teacher topic of another name is no target
 
     def folder(self, texts: Sequence[str]) -> Path:
         digest = hashlib.sha256()
@@ -104,10 +102,11 @@ class Teacher:
                 f"(see {out}/errors-*.jsonl); delete {out} to score them again"
             )
         topic_scores = table.column("topic_scores").to_pylist()
+        # By name: the scorer leaves out topics the teacher was never taught (NaN here: no target).
+        by_name = [{t["topic"]: t["score"] for t in row} for row in topic_scores]
         topics = np.array(
-            [[(row[i]["score"] if i >= 0 else np.nan) for i in self.topic_index] for row in topic_scores],
-            dtype=np.float32,
-        ).reshape(len(order), len(self.topic_index))
+            [[scores.get(t, np.nan) for t in self.topics] for scores in by_name], dtype=np.float32
+        ).reshape(len(order), len(self.topics))
         return {
             "teacher_probs": np.asarray(table.column("sentiment_probs").to_pylist(), dtype=np.float32)[order],
             "teacher_score": np.asarray(table.column("sentiment_score").to_pylist(), dtype=np.float32)[order],

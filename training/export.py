@@ -37,7 +37,7 @@ from training.modeling import (
     pooler_attached,
     read_meta,
 )
-from training.records import HEAD_OUTPUTS, head_outputs
+from training.records import HEAD_OUTPUTS, head_outputs, untrained
 
 log = logging.getLogger("newsimpact.export")
 FORMATS = ("merged", "adapter", "onnx")
@@ -217,6 +217,18 @@ def _model_card(meta: dict[str, Any], run_info: dict[str, Any]) -> str:
     rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items())) or "| (none logged) | |"
     sources = ", ".join(run_info.get("config", {}).get("data", {}).get("sources", {})) or "unknown"
     schema = meta["schema"]
+    counts = meta.get("label_counts")
+    missing = untrained(counts)
+    if counts:
+        heads = ", ".join(f"{k} {v:,}" for k, v in counts["heads"].items())
+        taught = (
+            f"- Training rows per head: {heads} (of {counts['rows']:,}); per class and topic: "
+            "`label_counts` in newsimpact.json.\n"
+            f"- Never taught, so never emitted by the scorer: classes {', '.join(missing['sentiment']) or 'none'}; "
+            f"topics {', '.join(missing['topics']) or 'none'}.\n"
+        )
+    else:
+        taught = ""
     return (
         _front_matter(meta, run_info)
         + f"""
@@ -230,7 +242,7 @@ Financial-news sentiment and market-impact model exported by newsimpact.
 - Sentiment scale: {", ".join(schema["sentiment_labels"])}
 - Topics: {", ".join(schema["topics"])}
 - Max length: {meta["max_length"]} tokens per chunk; longer articles are scored in overlapping chunks.
-
+{taught}
 ## Validation metrics (as logged at the end of training)
 | metric | value |
 |---|---|
@@ -238,7 +250,7 @@ Financial-news sentiment and market-impact model exported by newsimpact.
 
 ## Intended use
 Scoring English financial news and headlines for research: sentiment towards the named companies,
-expected size of the market reaction, topics. Run it with `python -m inference.score model_dir=THIS_FOLDER ...`.
+expected size of the market reaction, topics. Run it with `newsimpact score model_dir=THIS_FOLDER ...`.
 
 ## Limits
 - Learned from the labelled sources above; heads without labels in those sources are untrained and

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -13,7 +14,7 @@ from torchmetrics import classification as tmc
 from torchmetrics import regression as tmr
 
 from training.config import DataConfig, DistillConfig, LossConfig, OptimConfig, SchemaConfig
-from training.data import Collator, LengthGroupedSampler, build_splits
+from training.data import Collator, LengthGroupedSampler, build_splits, label_counts
 from training.distill import distill_losses
 from training.modeling import (
     NewsImpactModel,
@@ -22,6 +23,9 @@ from training.modeling import (
     symmetric_kl,
     trainable_state_dict,
 )
+from training.records import untrained
+
+log = logging.getLogger("newsimpact.train")
 
 
 class NewsDataModule(pl.LightningDataModule):
@@ -96,6 +100,11 @@ class NewsDataModule(pl.LightningDataModule):
         if "validation" not in self.splits:
             return []
         return self._loader("validation", self.data.eval_batch_size, shuffle=False)
+
+    def label_counts(self) -> dict[str, Any]:
+        """Training rows per head, class and topic (training.data.label_counts)."""
+        self.setup("fit")
+        return label_counts(self.splits["train"], self.schema)
 
     def class_weights(self, power: float = 1.0) -> torch.Tensor:
         """Inverse-frequency sentiment class weights (to ``power``) from the training split."""
@@ -215,6 +224,7 @@ class NewsImpactModule(pl.LightningModule):
         self._ema: list[torch.Tensor] | None = None  # optim.ema_decay: the averaged trainable weights
         self._rows_seen: torch.Tensor | None = None
         self.train_rows: dict[str, Any] | None = None
+        self.label_counts: dict[str, Any] | None = None
         self._ema_from_checkpoint: dict[str, torch.Tensor] | None = None
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -301,7 +311,26 @@ class NewsImpactModule(pl.LightningModule):
     def _trainable(self) -> list[torch.Tensor]:
         return [p.detach() for p in self.parameters() if p.requires_grad]
 
+    def _count_labels(self) -> None:
+        try:
+            trainer = self.trainer
+        except RuntimeError:  # called outside a Trainer (tests call the hooks directly)
+            return
+        datamodule = getattr(trainer, "datamodule", None)
+        if datamodule is None or not hasattr(datamodule, "label_counts"):
+            return
+        self.label_counts = datamodule.label_counts()
+        missing = untrained(self.label_counts)
+        if trainer.is_global_zero and (missing["sentiment"] or missing["topics"]):
+            log.warning(
+                "no training row teaches sentiment classes %s or topics %s: the scorer leaves them out "
+                "(they stay in the schema; label_counts in run.json)",
+                missing["sentiment"] or "[]",
+                missing["topics"] or "[]",
+            )
+
     def on_fit_start(self) -> None:
+        self._count_labels()
         # from_pretrained returns the backbone in eval mode and Lightning keeps modules in whatever mode they
         # are in (validation restores it afterwards), so without this the backbone's dropout never runs.
         self.model.train()

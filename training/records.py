@@ -8,6 +8,8 @@ scorer writes and signals and distillation read. ``training.export``, ``training
 
 from __future__ import annotations
 
+from typing import Any
+
 import pyarrow as pa
 import torch
 
@@ -42,6 +44,16 @@ RECORD_FIELDS = (
     pa.field("n_chunks", pa.int32()),
 )
 RECORD_KEYS = tuple(f.name for f in RECORD_FIELDS)
+
+
+def untrained(counts: dict[str, Any] | None) -> dict[str, list[str]]:
+    """Sentiment classes and topics no training row taught (empty lists for an old model without counts)."""
+    if not counts:
+        return {"sentiment": [], "topics": []}
+    return {
+        "sentiment": [k for k, n in counts["sentiment"].items() if n == 0],
+        "topics": [k for k, v in counts["topics"].items() if v["positive"] == 0],
+    }
 
 
 def record_schema(keep: list[pa.Field] | tuple[pa.Field, ...] = ()) -> pa.Schema:

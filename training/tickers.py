@@ -49,7 +49,47 @@ def find_mentions(text: str, ticker: str, aliases: Sequence[str] = ()) -> list[t
     return merged
 
 
-def extract_tickers(text: str, name_map: Mapping[str, str] | None = None) -> list[str]:
+_WORD = re.compile(r"\w+")
+_AFTER = re.compile(rf"{_POSSESSIVE}(?!\w)")
+
+
+class NameMatcher:
+    """Every name of a company-name map found in one pass over a text's words.
+
+    Names are matched case-insensitively as whole words (with a possessive), longest first where two
+    start at the same word, and never overlap. The names are indexed by their first word, so a text costs
+    its word count in lookups whatever the size of the map (thousands of names: ``inference.ticker_names``).
+    """
+
+    def __init__(self, name_map: Mapping[str, str]):
+        self.tickers = {name.lower(): ticker for name, ticker in name_map.items()}
+        self.by_first: dict[str, list[str]] = {}
+        for name in sorted(self.tickers, key=len, reverse=True):
+            first = _WORD.search(name)
+            if first is not None and first.start() == 0:
+                self.by_first.setdefault(first.group(0), []).append(name)
+
+    def find(self, text: str) -> list[tuple[int, str]]:
+        """(start, ticker) of every name in ``text``."""
+        return [(start, ticker) for start, _, ticker in self.matches(text)]
+
+    def matches(self, text: str) -> list[tuple[int, str, str]]:
+        """(start, name as in the map but lower-cased, ticker) of every name in ``text``."""
+        lower = text.lower()
+        found, end = [], 0
+        for word in _WORD.finditer(lower):
+            if word.start() < end or (word.start() > 0 and lower[word.start() - 1].isalnum()):
+                continue
+            for name in self.by_first.get(word.group(0), ()):
+                stop = word.start() + len(name)
+                if lower.startswith(name, word.start()) and (after := _AFTER.match(lower, stop)):
+                    found.append((word.start(), name, self.tickers[name]))
+                    end = after.end()
+                    break
+        return found
+
+
+def extract_tickers(text: str, name_map: Mapping[str, str] | NameMatcher | None = None) -> list[str]:
     """Tickers mentioned in ``text``: cashtags, exchange notations and names from ``name_map``.
 
     Returns symbols in order of first appearance, without duplicates.
@@ -57,10 +97,9 @@ def extract_tickers(text: str, name_map: Mapping[str, str] | None = None) -> lis
     found: list[tuple[int, str]] = []
     found += [(m.start(), m.group(1)) for m in _CASHTAG_RE.finditer(text)]
     found += [(m.start(), m.group(1)) for m in _EXCHANGE_RE.finditer(text)]
-    for name, ticker in (name_map or {}).items():
-        match = _alias_pattern(name).search(text)
-        if match:
-            found.append((match.start(), ticker))
+    if name_map:
+        matcher = name_map if isinstance(name_map, NameMatcher) else NameMatcher(name_map)
+        found += matcher.find(text)
     seen: dict[str, None] = {}
     for _, ticker in sorted(found):
         seen.setdefault(ticker, None)

@@ -252,6 +252,7 @@ def run(config: TrainConfig, run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         best_score=_best_score(trainer, module, config),
         val_history=module.val_history,
         train_rows=module.train_rows,
+        label_counts=module.label_counts,
     )
     if trainer.is_global_zero:
         save_trainable(
@@ -270,6 +271,7 @@ def run(config: TrainConfig, run_dir: str | os.PathLike[str]) -> dict[str, Any]:
                     "peft",
                     "config_hash",
                     "impact_calibration",
+                    "label_counts",
                 )
             },
         )

@@ -38,6 +38,15 @@ def _read(out):
     return pd.concat([pd.read_parquet(p) for p in sorted(out.glob("part-*.parquet"))], ignore_index=True)
 
 
+def _assert_same_scores(reference, other, n):
+    """Every id once, and the same values (1e-4) and labels as the reference run."""
+    assert len(other) == n and other["id"].is_unique and set(other["id"]) == set(reference["id"])
+    merged = reference.merge(other, on="id", suffixes=("_1", "_2"))
+    for col in ("sentiment_score", "impact"):
+        assert np.abs(merged[f"{col}_1"] - merged[f"{col}_2"]).max() < 1e-4
+    assert (merged["sentiment_1"] == merged["sentiment_2"]).all()
+
+
 def _cli(*args):
     return [sys.executable, "-m", "inference.score", *args]
 
@@ -77,12 +86,7 @@ def test_torchrun_two_processes_match_one_process(exported, tmp_path):
         cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert multi.returncode == 0, multi.stderr[-3000:]
-    one, two = _read(tmp_path / "one"), _read(tmp_path / "two")
-    assert len(two) == 105 and two["id"].is_unique and set(two["id"]) == set(one["id"])
-    merged = one.merge(two, on="id", suffixes=("_1", "_2"))
-    for col in ("sentiment_score", "impact"):
-        assert np.abs(merged[f"{col}_1"] - merged[f"{col}_2"]).max() < 1e-4
-    assert (merged["sentiment_1"] == merged["sentiment_2"]).all()
+    _assert_same_scores(_read(tmp_path / "one"), _read(tmp_path / "two"), 105)
     manifest = json.loads((tmp_path / "two" / "manifest.json").read_text())
     assert manifest["this_run"]["processes"] == 2 and manifest["scored"] == 105
     assert (tmp_path / "two" / "_SUCCESS").exists()
@@ -185,11 +189,7 @@ def test_ray_backend_matches_the_local_backend_and_reruns_score_nothing_twice(ex
             _cli(*args), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600
         )
         assert result.returncode == 0, result.stderr[-3000:]
-    local, ray = _read(tmp_path / "local"), _read(tmp_path / "ray")
-    assert len(ray) == 120 and ray["id"].is_unique and set(ray["id"]) == set(local["id"])
-    merged = local.merge(ray, on="id", suffixes=("_l", "_r"))
-    for col in ("sentiment_score", "impact"):
-        assert np.abs(merged[f"{col}_l"] - merged[f"{col}_r"]).max() < 1e-4
+    _assert_same_scores(_read(tmp_path / "local"), _read(tmp_path / "ray"), 120)
     manifest = json.loads((tmp_path / "ray" / "manifest.json").read_text())
     assert {w["backend"] for w in manifest["this_run"]["workers"]} == {"ray"} and manifest["complete"]
     # A rerun scores only what is missing: nothing, then the one unit whose part was deleted.

@@ -6,7 +6,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from inference.engine import Scorer
+from inference.engine import Article, Scorer
 from inference.score import InferenceOptions, ScoreConfig, run, validate_score_config
 from tests.conftest import write_jsonl
 from training.config import ConfigError
@@ -369,3 +369,46 @@ def test_building_a_scorer_changes_no_process_state(exported, monkeypatch):
     assert calls == [] and "TOKENIZERS_PARALLELISM" not in os.environ
     engine.configure_process("cpu")
     assert calls == ["heap", "attention", "arrow"] and os.environ["TOKENIZERS_PARALLELISM"] == "false"
+
+
+def test_untrained_classes_and_topics_are_never_emitted(exported, tmp_path):
+    import shutil
+    from collections import Counter
+
+    from tests.conftest import REPO
+
+    model = tmp_path / "model"
+    shutil.copytree(exported["merged"], model)
+    meta = json.loads((model / "newsimpact.json").read_text())
+    counts, labels = meta["label_counts"], meta["schema"]["sentiment_labels"]
+    rows = [json.loads(line) for line in (REPO / "data/sample/train.jsonl").read_text().splitlines()]
+    assert counts["sentiment"] == {k: Counter(r["sentiment"] for r in rows)[k] for k in labels}
+    taught = [t for t in meta["schema"]["topics"] if counts["topics"][t]["positive"] > 0]
+    assert "earnings" in taught
+    counts["sentiment"][labels[-1]] = 0  # as if no row were strongly positive
+    counts["topics"]["earnings"]["positive"] = 0
+    (model / "newsimpact.json").write_text(json.dumps(meta))
+    articles = [Article(str(i), f"Acme beats earnings estimates, shares soar {i}") for i in range(6)]
+    for record in Scorer(str(model), topic_threshold=0.0).score(articles):
+        assert record["sentiment_probs"][-1] == 0 and abs(sum(record["sentiment_probs"]) - 1) < 1e-6
+        assert record["sentiment"] != labels[-1]
+        assert [t["topic"] for t in record["topic_scores"]] == [t for t in taught if t != "earnings"]
+        assert "earnings" not in record["topics"]
+
+
+def test_packaged_company_names_give_tickers_without_cashtags(exported, tmp_path):
+    src = write_jsonl(
+        tmp_path / "in.jsonl",
+        [
+            {"id": "1", "text": "Apple and Boeing lead the Dow higher"},
+            {"id": "2", "text": "Pineapple prices rise"},
+        ],
+    )
+    _score(exported["merged"], str(src), tmp_path / "out", ticker_names=["us_stocknet"])
+    df = _read(tmp_path / "out").set_index("id")
+    assert [t["ticker"] for t in df.loc["1", "tickers"]] == ["AAPL", "BA"] and len(
+        df.loc["2", "tickers"]
+    ) == 0
+    assert all(t["sentiment_score"] is not None for t in df.loc["1", "tickers"])  # mentions were found
+    with pytest.raises(ConfigError, match="ticker_names: 'nasdaq' is not a packaged map"):
+        _score(exported["merged"], str(src), tmp_path / "o2", ticker_names=["nasdaq"])

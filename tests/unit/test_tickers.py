@@ -43,3 +43,24 @@ def test_possessives_and_lost_apostrophes_are_mentions():
     spans = find_mentions(text, "HUL")
     assert [text[s:e] for s, e in spans] == ["HULs"]
     assert [text[s:e] for s, e in find_mentions(text, "BABA", ["Alibaba"])] == ["Alibaba's", "BABA\u2019s"]
+
+
+def test_name_matcher_finds_whole_names_longest_first_in_one_pass():
+    from training.tickers import NameMatcher, extract_tickers
+
+    matcher = NameMatcher({"Bank of America": "BAC", "America": "X", "AT&T": "T", "Apple": "AAPL"})
+    text = "Bank of America and AT&T's deal lifts Apple; pineapple and Americana do not count"
+    assert extract_tickers(text, matcher) == ["BAC", "T", "AAPL"]
+    assert [name for _, name, _ in matcher.matches(text)] == ["bank of america", "at&t", "apple"]
+    assert extract_tickers("$ACME and Apple", {"Apple": "AAPL"}) == ["ACME", "AAPL"]
+
+
+def test_packaged_ticker_maps_load_and_name_real_companies():
+    from inference.engine import PACKAGED_TICKER_MAPS, load_ticker_map
+
+    for name in PACKAGED_TICKER_MAPS:
+        assert len(load_ticker_map(None, None, [name])) > 100
+    both = load_ticker_map(None, {"Apple": "APPLE-OVERRIDE"}, ["us_stocknet"])
+    assert both["Alibaba"] == "BABA" and both["Apple"] == "APPLE-OVERRIDE"  # inline entries win
+    india = load_ticker_map(None, None, ["india_sentfin"])
+    assert "Deepak" not in india and "CBI" not in india  # dropped on the dev headlines
