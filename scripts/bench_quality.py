@@ -57,6 +57,7 @@ EVALS = {
     "sentfin": Eval("sentfin", "sentfin", "test", "80/10/10 test (1,444 entity rows)"),
     "tfn_topic": Eval("tfn_topic", "tfn_topic", "validation", "dev_holdout rows of train (1,699)"),
     "stocknet": Eval("stocknet", "stocknet", "test", "paper's test dates (3,386)"),
+    "weak_topics": Eval("weak_topics", "weak_topics", "test", "weak ai/guidance labels, hash split test"),
 }
 
 EXPERIMENTS = [
@@ -106,7 +107,7 @@ EXPERIMENTS = [
     Experiment(
         "mix",
         ["experiment=mix_minilm"],
-        [EVALS[k] for k in ("tfns", "fpb", "fiqa", "sentfin", "tfn_topic", "stocknet")],
+        [EVALS[k] for k in ("tfns", "fpb", "fiqa", "sentfin", "tfn_topic", "stocknet", "weak_topics")],
     ),
 ]
 
@@ -142,6 +143,7 @@ COLUMNS: dict[str, list[tuple[str, str, str]]] = {
     "sentfin": [("tickers", "accuracy", "entity accuracy"), ("tickers", "f1_macro", "entity macro-F1"), ("tickers", "spearman", "entity score Spearman")],
     "tfn_topic": [("topics", "top1_accuracy", "top-1 accuracy"), ("topics", "f1_micro", "micro-F1"), ("topics", "f1_macro", "macro-F1")],
     "stocknet": [("impact", "spearman", "impact Spearman"), ("impact", "mae", "impact MAE"), ("impact", "pearson", "impact Pearson")],
+    "weak_topics": [("topics", "f1_per_topic.ai", "ai F1"), ("topics", "f1_per_topic.guidance", "guidance F1"), ("topics", "f1_micro", "micro-F1 (ai, guidance)")],
 }  # fmt: skip
 
 TITLES = {
@@ -152,6 +154,7 @@ TITLES = {
     "sentfin": "SEntFiN entity sentiment",
     "tfn_topic": "TFN topics",
     "stocknet": "StockNet impact",
+    "weak_topics": "Weak ai/guidance topics",
 }
 PUBLISHED_KEY = {"top1_accuracy": "top1_accuracy", "f1_weighted": "f1_weighted"}
 
@@ -180,6 +183,14 @@ def _run(cmd: list[str], log: Path) -> float:
         tail = "\n".join(log.read_text().splitlines()[-15:])
         raise RuntimeError(f"{' '.join(cmd)} failed (exit {proc.returncode}); end of {log}:\n{tail}")
     return seconds
+
+
+def _metric(metrics: dict[str, Any], head: str, key: str) -> Any:
+    """``metrics[head][key]``; a dotted key digs further (``f1_per_topic.ai``)."""
+    value: Any = metrics.get(head, {})
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
 
 
 def run_experiment(exp: Experiment, work: Path, max_minutes: int, skip_train: bool) -> dict[str, Any]:
@@ -229,9 +240,7 @@ def run_experiment(exp: Experiment, work: Path, max_minutes: int, skip_train: bo
                 "rows": metrics["meta"]["rows"],
                 "command": f"python -m training.evaluate model_dir=MODEL data={ev.data} split={ev.split}",
                 "eval_seconds": round(seconds, 1),
-                "metrics": {
-                    title: metrics.get(head, {}).get(key) for head, key, title in COLUMNS[ev.dataset]
-                },
+                "metrics": {title: _metric(metrics, head, key) for head, key, title in COLUMNS[ev.dataset]},
             }
         )
     return result
@@ -279,7 +288,7 @@ def markdown(results: list[dict[str, Any]], info: dict[str, Any]) -> str:
             vals = " | ".join(_fmt(e["metrics"].get(c)) for c in cols)
             wall = f"{r['train_seconds'] / 60:.1f} min" if r.get("train_seconds") else "-"
             lines.append(f"| {label} | {vals} | {wall} | {r['epochs']} epochs, step {r['global_step']} |")
-        for name, figures, note in PUBLISHED[dataset]:
+        for name, figures, note in PUBLISHED.get(dataset, []):
             keyed = {title: figures.get(key) for _, key, title in COLUMNS[dataset]}
             lines.append(f"| {name} | " + " | ".join(_fmt(keyed[c]) for c in cols) + f" | - | {note} |")
         lines.append("")

@@ -20,7 +20,7 @@ for module in (inference, training, newsimpact):
     assert "site-packages" in module.__file__, f"{module.__name__} imported from {module.__file__}"
 print("imported from the installed wheel:", newsimpact.__file__)
 PY
-"$nsi" --help | head -3
+"$nsi" --help > help.txt && grep -q "impact-labels" help.txt && head -3 help.txt
 "$nsi" train run_dir=r trainer.max_steps=5 trainer.enable_progress_bar=false
 "$nsi" export run_dir=r output_dir=m
 echo '{"id": "1", "text": "Acme Corp (NASDAQ: ACME) beats estimates and raises guidance"}' > one.jsonl

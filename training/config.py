@@ -163,6 +163,10 @@ class SourceConfig:
     columns: dict[str, str] = field(default_factory=lambda: {"text": "text"})
     label_map: dict[str, str] = field(default_factory=dict)
     topic_map: dict[str, str] = field(default_factory=dict)
+    # The topics this source labels (its other topics stay unlabelled: no loss, no metric). null: the topics
+    # its topic_map maps onto, or every schema topic when it has no topic_map. A source of 20 topic classes
+    # says nothing about a 21st, so its rows must not teach "not that topic".
+    topic_scope: list[str] | None = None
     weight: float = 1.0
     max_samples: int | None = None
     # A return column whose |value| becomes impact in [0, 1] by its rank among this source's training rows.
@@ -378,6 +382,9 @@ def _check_source(name: str, source: SourceConfig, schema: SchemaConfig, problem
     for src_topic, topic in source.topic_map.items():
         if topic not in schema.topics:
             problems.append(f"{key}.topic_map.{src_topic}='{topic}' is not in schema.topics")
+    for topic in source.topic_scope or []:
+        if topic not in schema.topics:
+            problems.append(f"{key}.topic_scope: '{topic}' is not in schema.topics")
     if source.weight <= 0:
         problems.append(f"{key}.weight={source.weight} must be > 0")
     if not source.splits:

@@ -283,6 +283,7 @@ class _Encoder:
         self.replace_urls = replace_urls
         self.scale = list(schema.sentiment_labels)
         self.topics = list(schema.topics)
+        self.scope: set[str] | None = None  # set by encode(): topics outside it stay unlabelled (NaN)
 
     def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
         texts = [normalize(t, self.replace_urls) for t in batch["text"]]
@@ -292,7 +293,14 @@ class _Encoder:
             label = batch["sentiment"][i]
             sentiment_id.append(self.scale.index(label) if label is not None else IGNORE_INDEX)
             if batch["has_topics"][i]:
-                topic_targets.append([1.0 if t in batch["topics"][i] else 0.0 for t in self.topics])
+                topic_targets.append(
+                    [
+                        (1.0 if t in batch["topics"][i] else 0.0)
+                        if self.scope is None or t in self.scope
+                        else float("nan")
+                        for t in self.topics
+                    ]
+                )
             else:
                 topic_targets.append([])
             tokens, scores = [], []
@@ -370,11 +378,25 @@ def encode(
     schema: SchemaConfig,
     max_length: int,
     replace_urls: str | None = None,
+    topic_scope: Sequence[str] | None = None,
 ) -> datasets.Dataset:
-    """Tokenize canonical rows into model inputs and masked targets (cached by ``datasets``)."""
-    encoded = ds.map(_Encoder(tokenizer, schema, max_length, replace_urls), batched=True, desc="tokenize")
+    """Tokenize canonical rows into model inputs and masked targets (cached by ``datasets``).
+
+    ``topic_scope``: the topics the source labels (:func:`topic_scope`); None: all."""
+    encoder = _Encoder(tokenizer, schema, max_length, replace_urls)
+    encoder.scope = set(topic_scope) if topic_scope is not None else None
+    encoded = ds.map(encoder, batched=True, desc="tokenize")
     teacher = [c for c in TEACHER_COLUMNS if c in encoded.column_names]  # distill.teacher's targets
     return encoded.select_columns(MODEL_COLUMNS + teacher + ["source"])
+
+
+def topic_scope(source: SourceConfig, schema: SchemaConfig) -> list[str] | None:
+    """The schema topics a source labels; None: all of them."""
+    if source.topic_scope is not None:
+        return list(source.topic_scope)
+    if source.topic_map:
+        return [t for t in schema.topics if t in set(source.topic_map.values())]
+    return None
 
 
 def _weighted(ds: datasets.Dataset, weight: float, seed: int) -> datasets.Dataset:
@@ -419,7 +441,7 @@ def build_splits(
                 ds = ds.shuffle(seed=seed).select(range(source.max_samples))
             if teacher is not None and split_name == "train":
                 ds = teacher.attach(ds, name)
-            ds = encode(ds, tokenizer, schema, max_length, replace_urls)
+            ds = encode(ds, tokenizer, schema, max_length, replace_urls, topic_scope(source, schema))
             if split_name == "train":
                 ds = _weighted(ds, source.weight, seed)
             per_split.setdefault(split_name, []).append(ds)

@@ -175,17 +175,25 @@ def compute_metrics(pred: dict[str, torch.Tensor], labels: list[str], topics: li
             metrics[head] = reg
     if "tickers" in metrics:
         metrics["tickers"].update(_graded_accuracy(pred["ticker_pred"], pred["ticker_true"], len(labels)))
-    rows = ~torch.isnan(pred["topic_targets"]).any(dim=1)
+    rows = ~torch.isnan(pred["topic_targets"]).all(dim=1)
     if rows.any() and topics:
-        probs, target = pred["topic_probs"][rows], pred["topic_targets"][rows].long()
+        probs, raw = pred["topic_probs"][rows], pred["topic_targets"][rows]
+        target = torch.nan_to_num(raw, nan=-1.0).long()  # -1: not labelled by the row's source
         n = len(topics)
-        # Single-label sources (one topic per row) are also scored as classification: top-1 accuracy.
-        top1 = float((target.gather(1, probs.argmax(1, keepdim=True)) == 1).float().mean())
+        # Single-label sources (one topic per row) are also scored as classification: top-1 accuracy over
+        # the topics the row's source labels.
+        labelled_probs = probs.masked_fill(torch.isnan(raw), -1.0)
+        top1 = float((target.gather(1, labelled_probs.argmax(1, keepdim=True)) == 1).float().mean())
+        per_topic = tmc.multilabel_f1_score(probs, target, n, average="none", ignore_index=-1)
         metrics["topics"] = {
             "n": int(rows.sum()),
-            "f1_micro": float(tmc.multilabel_f1_score(probs, target, n, average="micro")),
-            "f1_macro": float(tmc.multilabel_f1_score(probs, target, n, average="macro")),
+            "f1_micro": float(tmc.multilabel_f1_score(probs, target, n, average="micro", ignore_index=-1)),
+            "f1_macro": float(tmc.multilabel_f1_score(probs, target, n, average="macro", ignore_index=-1)),
             "top1_accuracy": top1,
+            # topics with at least one positive row in this split
+            "f1_per_topic": {
+                name: float(f1) for name, f1, pos in zip(topics, per_topic, (target == 1).sum(0)) if pos > 0
+            },
         }
     return metrics
 

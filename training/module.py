@@ -142,8 +142,9 @@ class HeadMetrics(torch.nn.Module):
         )
         self.topics = torchmetrics.MetricCollection(
             {
-                "topics_f1_micro": tmc.MultilabelF1Score(max(1, n_topics), average="micro"),
-                "topics_f1_macro": tmc.MultilabelF1Score(max(1, n_topics), average="macro"),
+                # -1: a topic the row's source does not label (data.sources.*.topic_scope)
+                "topics_f1_micro": tmc.MultilabelF1Score(max(1, n_topics), average="micro", ignore_index=-1),
+                "topics_f1_macro": tmc.MultilabelF1Score(max(1, n_topics), average="macro", ignore_index=-1),
             }
         )
         self.n_topics = n_topics
@@ -165,9 +166,10 @@ class HeadMetrics(torch.nn.Module):
             if mask.any():
                 self.regression[head].update(pred[mask].float(), target[mask].float())
                 self.counts[slot] += mask.sum()
-        rows = ~torch.isnan(batch["topic_targets"]).any(dim=1)
+        rows = ~torch.isnan(batch["topic_targets"]).all(dim=1)
         if rows.any() and self.n_topics:
-            self.topics.update(torch.sigmoid(out["topic_logits"][rows]), batch["topic_targets"][rows].long())
+            target = torch.nan_to_num(batch["topic_targets"][rows], nan=-1.0).long()
+            self.topics.update(torch.sigmoid(out["topic_logits"][rows]), target)
             self.counts[4] += rows.sum()
 
     def compute(self) -> dict[str, float]:

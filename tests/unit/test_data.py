@@ -221,3 +221,41 @@ def test_encoder_applies_url_replacement_before_finding_mentions(tokenizer):
         tokenizer.convert_ids_to_tokens(replaced["input_ids"][i]) for i in replaced["entity_tokens"][0]
     ]
     assert "".join(mention).replace("#", "").lower() == "acme"
+
+
+def test_a_source_labels_only_the_topics_it_can_say(tokenizer):
+    """TFN-style topic classes teach nothing about a topic they have no class for (NaN: no loss, no metric);
+    label_counts then show that topic untaught."""
+    from training.data import label_counts, topic_scope
+
+    schema = SchemaConfig(sentiment_labels=SCALE, topics=["earnings", "m&a", "ai"])
+    mapped = SourceConfig(
+        columns={"text": "t", "topics": "top"}, topic_map={"Earnings": "earnings", "M&A": "m&a"}
+    )
+    assert topic_scope(mapped, schema) == ["earnings", "m&a"]
+    assert topic_scope(SourceConfig(columns={"text": "t", "topics": "top"}), schema) is None
+    raw = _raw([{"t": "Acme beats", "top": "Earnings"}, {"t": "Acme buys Initech", "top": "M&A"}])
+    canonical = to_canonical(raw, "s", mapped, schema)
+    encoded = encode(canonical, tokenizer, schema, 32, topic_scope=topic_scope(mapped, schema))
+    rows = encoded["topic_targets"]
+    assert rows[0][:2] == [1.0, 0.0] and rows[1][:2] == [0.0, 1.0]
+    assert math.isnan(rows[0][2]) and math.isnan(rows[1][2])
+    counts = label_counts(encoded, schema)["topics"]
+    assert counts["ai"] == {"rows": 0, "positive": 0} and counts["earnings"] == {"rows": 2, "positive": 1}
+
+
+def test_weak_topic_rules():
+    from training.weak_labels import label, split_of
+
+    assert label("Nvidia beats on AI chip demand; raises Q3 revenue guidance") == ["ai", "guidance"]
+    assert label("Toyota lifts annual profit forecast") == ["guidance"]
+    assert label("Goldman raises its oil price forecast") == []  # a bank's forecast is not guidance
+    assert label("IMF cuts its growth outlook") == [] and label("Acme under the guidance of its founder") == [
+        "guidance"
+    ]
+    assert label("AI flight 101 delayed; Air India apologises") == []
+    assert split_of("same text") == split_of("same text") and {split_of(str(i)) for i in range(200)} == {
+        "train",
+        "validation",
+        "test",
+    }
