@@ -21,6 +21,7 @@ from inference import attention as cpu_attention
 from inference.cpu_ops import keep_heap_memory, use_inplace_gelu
 from training.modeling import HEADS_FILE, META_FILE, load_tokenizer, load_trained, read_meta
 from training.records import HEAD_OUTPUTS, head_outputs, untrained
+from training.scale import Scale
 from training.text import normalize
 from training.tickers import NameMatcher, extract_tickers, find_mentions, spans_to_tokens
 
@@ -196,6 +197,7 @@ class Scorer:
         max_chunks: int = 16,
         stride: int | None = None,
         impact_aggregation: str = "max",
+        sentiment_aggregation: str = "mean",
         topic_threshold: float = 0.5,
         ticker_map: Mapping[str, str] | None = None,
     ):
@@ -205,9 +207,13 @@ class Scorer:
         # Classes and topics no training row taught (newsimpact.json label_counts) are never emitted as
         # predictions: an untrained class gets probability 0 (the others renormalised), an untrained topic
         # is left out of topics and topic_scores. Models exported without counts emit everything.
-        missing = untrained(self.meta.get("label_counts"))
+        self.scale = Scale.of(self.meta["schema"])
+        missing = untrained(self.meta.get("label_counts"), self.scale)
         self.class_mask = np.array([label not in missing["sentiment"] for label in self.labels])
         self.taught_topics = [i for i, t in enumerate(self.topics) if t not in missing["topics"]]
+        # Heads no row taught: the score comes from the class probabilities (Scale.expected_score), impact
+        # and ticker scores are null.
+        self.untrained_heads = set(missing["heads"])
         self.max_length: int = self.meta["max_length"]
         self.replace_urls: str | None = self.meta.get("replace_urls")
         self.stride = (
@@ -227,6 +233,7 @@ class Scorer:
         self.pad_to_multiple_of = max(1, pad_to_multiple_of)
         self.max_chunks = max_chunks
         self.impact_aggregation = impact_aggregation
+        self.sentiment_aggregation = sentiment_aggregation
         self.topic_threshold = topic_threshold
         self.ticker_map = dict(ticker_map or {})
         self.names = NameMatcher(self.ticker_map)  # one pass over each text's words, whatever the map size
@@ -331,6 +338,10 @@ class Scorer:
     ) -> list[dict[str, Any]]:
         """Score a window of articles; one output record per article, in input order."""
         chunks, tickers, _ = prepared if prepared is not None else self.prepare(articles)
+        return self._aggregate(articles, chunks, tickers, *self.chunk_outputs(chunks))
+
+    def chunk_outputs(self, chunks: list[Chunk]) -> tuple[Any, ...]:
+        """Every chunk's head outputs: probabilities, score, impact, topic scores, ticker scores."""
         n_labels, n_topics = len(self.labels), len(self.topics)
         probs = np.zeros((len(chunks), n_labels), dtype=np.float64)
         score = np.zeros(len(chunks))
@@ -351,7 +362,31 @@ class Scorer:
                         float(out["ticker_score"][row, e]),
                         len(chunks[i].entity_tokens[t]),
                     )
-        return self._aggregate(articles, chunks, tickers, probs, score, impact, topic, ticker_scores)
+        return probs, score, impact, topic, ticker_scores
+
+    def _chunk_weights(self, lengths: Sequence[int], probs: np.ndarray) -> np.ndarray:
+        """Weights of an article's chunks (in text order) in its sentiment and score
+        (``sentiment_aggregation``); impact and topics combine on their own (max/mean, max)."""
+        weights = np.asarray(lengths, dtype=np.float64)
+        if self.sentiment_aggregation == "first":
+            weights = np.eye(len(weights))[0]
+        elif self.sentiment_aggregation == "stance" and self.scale.neutral is not None:
+            stance = 1.0 - self.scale.coarse_probs(probs)[:, self.scale.neutral]
+            weights = weights * (stance + 1e-6)  # all-neutral chunks: back to the length-weighted mean
+        return weights / weights.sum()
+
+    def _taught(self, p: np.ndarray) -> np.ndarray:
+        """Class probabilities with the untrained classes' mass moved to the taught classes of their coarse
+        class (so the three-class projection is unchanged), renormalised when a whole class is untaught."""
+        if self.class_mask.all():
+            return p
+        kept = p * self.class_mask
+        for members in self.scale.members:
+            have = kept[members].sum()
+            if have > 0:
+                kept[members] *= p[members].sum() / have
+        total = kept.sum()
+        return kept / total if total > 0 else p
 
     def _aggregate(
         self, articles, chunks, tickers, probs, score, impact, topic, ticker_scores
@@ -362,29 +397,33 @@ class Scorer:
         records = []
         for a, article in enumerate(articles):
             idx = by_article[a]
-            # Length-weighted mean of chunk probabilities and scores; the caller picks max or mean impact.
-            weights = np.array([len(chunks[i].input_ids) for i in idx], dtype=np.float64)
-            weights /= weights.sum()
-            p = (probs[idx] * weights[:, None]).sum(0)
-            if not self.class_mask.all() and (p * self.class_mask).sum() > 0:
-                p = p * self.class_mask
-                p /= p.sum()
+            weights = self._chunk_weights([len(chunks[i].input_ids) for i in idx], probs[idx])
+            p = self._taught((probs[idx] * weights[:, None]).sum(0))
+            raw_score = (
+                self.scale.expected_score(p)
+                if "sentiment_score" in self.untrained_heads
+                else (score[idx] * weights).sum()
+            )
+            label, coarse, banded = self.scale.card(p[None], np.array([raw_score]))
             t = topic[idx].max(0)
             ticker_out = []
             for k, ticker in enumerate(tickers[a]):
                 found = [ticker_scores[i][k] for i in idx if k in ticker_scores[i]]
                 value = None
-                if found:
+                if found and "tickers" not in self.untrained_heads:
                     total = sum(n for _, n in found)
                     value = float(sum(s * n for s, n in found) / total)
                 ticker_out.append({"ticker": ticker, "sentiment_score": value})
             records.append(
                 {
                     "id": article.id,
-                    "sentiment": self.labels[int(p.argmax())],
+                    "sentiment": self.labels[int(label[0])],
+                    "sentiment_coarse": self.scale.coarse[int(coarse[0])],
                     "sentiment_probs": [float(x) for x in p],
-                    "sentiment_score": float((score[idx] * weights).sum()),
-                    "impact": float(
+                    "sentiment_score": float(banded[0]),
+                    "impact": None
+                    if "impact" in self.untrained_heads
+                    else float(
                         impact[idx].max()
                         if self.impact_aggregation == "max"
                         else (impact[idx] * weights).sum()
@@ -401,6 +440,7 @@ class Scorer:
         return records
 
 
+SENTIMENT_AGGREGATIONS = ("mean", "stance", "first")
 PACKAGED_TICKER_MAPS = ("us_stocknet", "india_sentfin")
 
 

@@ -36,6 +36,7 @@ from omegaconf import DictConfig
 from inference import jobs
 from inference.engine import (
     PACKAGED_TICKER_MAPS,
+    SENTIMENT_AGGREGATIONS,
     Article,
     Scorer,
     configure_process,
@@ -66,6 +67,10 @@ class OutputOptions:
     max_chunks: int = 16
     stride: int | None = None  # tokens of overlap between chunks; null: the model folder's setting
     impact_aggregation: str = "max"  # max | mean
+    # How the chunks of a long article combine into its sentiment and score: mean (length-weighted), stance
+    # (length times the chunk's non-neutral probability: boilerplate and balanced risk paragraphs count
+    # less), first (the lede chunk only). Compared on long documents in docs/BENCHMARKS.md.
+    sentiment_aggregation: str = "mean"
     topic_threshold: float = 0.5
     # company name -> ticker, e.g. inference.ticker_map={Alibaba: BABA}. Typed Any, checked in
     # validate_score_config: an override onto a typed dict node is a merge, which struct mode refuses for
@@ -145,6 +150,11 @@ def validate_score_config(config: ScoreConfig) -> list[str]:
         problems.append(f"inference.attention='{opts.attention}' must be auto, sdpa or bmm")
     if opts.impact_aggregation not in ("max", "mean"):
         problems.append(f"inference.impact_aggregation='{opts.impact_aggregation}' must be max or mean")
+    if opts.sentiment_aggregation not in SENTIMENT_AGGREGATIONS:
+        problems.append(
+            f"inference.sentiment_aggregation='{opts.sentiment_aggregation}' must be one of "
+            + ", ".join(SENTIMENT_AGGREGATIONS)
+        )
     if opts.backend not in ("local", "ray"):
         problems.append(f"inference.backend='{opts.backend}' must be local or ray")
     for key in (
@@ -601,6 +611,7 @@ def build_scorer(config: ScoreConfig, device: str, precision: str) -> Scorer:
         max_chunks=opts.max_chunks,
         stride=opts.stride,
         impact_aggregation=opts.impact_aggregation,
+        sentiment_aggregation=opts.sentiment_aggregation,
         topic_threshold=opts.topic_threshold,
         ticker_map=load_ticker_map(opts.ticker_map_file, opts.ticker_map, opts.ticker_names),
     )

@@ -188,7 +188,8 @@ def place_articles(
                     "session_index": session,
                     "sentiment_score": float(record["sentiment_score"]),
                     "ticker_score": float("nan") if score is None else float(score),
-                    "impact": float(record["impact"]),
+                    # null from a model whose impact head no row taught
+                    "impact": float("nan") if record.get("impact") is None else float(record["impact"]),
                     "vader": record.get("vader", float("nan")),
                     "lm": record.get("lm", float("nan")),
                 }
@@ -517,13 +518,18 @@ def news_card(record: dict[str, Any], text_column: str) -> str:
         for t in _as_list(record.get("tickers"))
     )
     topics = "".join(f'<span class="topic">{esc(str(t))}</span>' for t in _as_list(record.get("topics")))
-    impact = float(record["impact"])
+    raw_impact = record.get("impact")
+    impact = float("nan") if raw_impact is None else float(raw_impact)
+    known = not math.isnan(impact)
     text = record.get(text_column)
+    label = str(record["sentiment"])
+    coarse = record.get("sentiment_coarse")
+    shown = label if not coarse or coarse == label else f"{label} ({coarse})"
     return (
         '<div class="card">'
-        f'<div class="row"><span class="impact">Market impact {impact:.2f}</span>'
-        f'<span class="label {_label_class(str(record["sentiment"]))}">{esc(str(record["sentiment"]))}</span></div>'
-        f'<div class="bar"><div style="width:{impact * 100:.0f}%"></div></div>'
+        f'<div class="row"><span class="impact">Market impact {_f(impact, 2) if known else "n/a"}</span>'
+        f'<span class="label {_label_class(label)}">{esc(shown)}</span></div>'
+        f'<div class="bar"><div style="width:{impact * 100 if known else 0:.0f}%"></div></div>'
         f"<div>Sentiment score <b>{float(record['sentiment_score']):+.2f}</b></div>"
         f"<div>{tickers}</div><div>{topics}</div>"
         + (f'<div class="text">{esc(str(text))}</div>' if isinstance(text, str) else "")

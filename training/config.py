@@ -99,6 +99,13 @@ class ConfigError(ValueError):
 class SchemaConfig:
     sentiment_labels: list[str] = field(default_factory=lambda: list(DEFAULT_SENTIMENT_LABELS))
     topics: list[str] = field(default_factory=lambda: list(DEFAULT_TOPICS))
+    # The three-class projection: coarse class -> its labels (contiguous runs of the scale). null: labels
+    # below the middle, the middle, above, named by the label nearest the middle (negative, neutral,
+    # positive). A source whose labels name coarse classes teaches only the class (training/scale.py).
+    coarse_labels: dict[str, list[str]] | None = None
+    # Score boundaries between adjacent labels; a label's scores lie in its band. null: [-0.1, 0.1] for three
+    # labels, [-0.5, -0.1, 0.1, 0.5] for five (FinGPT's neutral -0.1 <= s < 0.1; "strongly" s < -0.5, s >= 0.5).
+    score_cuts: list[float] | None = None
 
 
 @dataclass
@@ -162,6 +169,13 @@ class SourceConfig:
     splits: dict[str, SplitConfig] = field(default_factory=dict)
     columns: dict[str, str] = field(default_factory=lambda: {"text": "text"})
     label_map: dict[str, str] = field(default_factory=dict)
+    # What the sentiment labels mean on a scale finer than three classes. auto: coarse when every label of the
+    # source names a coarse class (a three-class dataset: "positive" teaches positive-or-strongly-positive),
+    # fine when it uses a label only the fine scale has (e.g. "strongly positive"); coarse | fine: say so.
+    sentiment_level: str = "auto"
+    # Take the sentiment label from the sentiment_score column by schema.score_cuts where a row has a score
+    # (FiQA's continuous scores teach the five levels); rows without a score keep their label.
+    sentiment_from_score: bool = False
     topic_map: dict[str, str] = field(default_factory=dict)
     # The topics this source labels (its other topics stay unlabelled: no loss, no metric). null: the topics
     # its topic_map maps onto, or every schema topic when it has no topic_map. A source of 20 topic classes
@@ -363,6 +377,15 @@ def source_split_files(source: SourceConfig, split: SplitConfig) -> list[str]:
     return sorted(glob.glob(pattern)) if any(c in pattern for c in "*?[") else [pattern]
 
 
+def _coarse_names(schema: SchemaConfig) -> list[str]:
+    from training.scale import Scale
+
+    try:
+        return Scale.of(schema).coarse
+    except ValueError:  # reported by validate_train_config
+        return []
+
+
 def _check_source(name: str, source: SourceConfig, schema: SchemaConfig, problems: list[str]) -> None:
     key = f"data.sources.{name}"
     if source.format is not None and source.format not in DATA_FORMATS:
@@ -374,11 +397,19 @@ def _check_source(name: str, source: SourceConfig, schema: SchemaConfig, problem
             problems.append(
                 f"{key}.columns.{canon} is not a canonical field; use one of {', '.join(CANONICAL_COLUMNS)}"
             )
+    coarse = _coarse_names(schema)
     for src_label, label in source.label_map.items():
-        if label not in schema.sentiment_labels:
+        if label not in schema.sentiment_labels and label not in coarse:
             problems.append(
-                f"{key}.label_map.{src_label}='{label}' is not on schema.sentiment_labels {schema.sentiment_labels}"
+                f"{key}.label_map.{src_label}='{label}' is not on schema.sentiment_labels {schema.sentiment_labels} "
+                f"nor a coarse class {coarse}"
             )
+    if source.sentiment_level not in ("auto", "coarse", "fine"):
+        problems.append(f"{key}.sentiment_level='{source.sentiment_level}' must be auto, coarse or fine")
+    if source.sentiment_from_score and "sentiment_score" not in source.columns:
+        problems.append(
+            f"{key}.sentiment_from_score needs a score: map one with {key}.columns.sentiment_score"
+        )
     for src_topic, topic in source.topic_map.items():
         if topic not in schema.topics:
             problems.append(f"{key}.topic_map.{src_topic}='{topic}' is not in schema.topics")
@@ -417,6 +448,10 @@ def validate_train_config(config: TrainConfig) -> None:
         problems.append("schema.sentiment_labels needs at least two distinct labels")
     if len(set(schema.topics)) != len(schema.topics):
         problems.append("schema.topics has duplicates")
+    if len(schema.sentiment_labels) >= 2:
+        from training.scale import scale_problems
+
+        problems.extend(scale_problems(schema.sentiment_labels, schema.coarse_labels, schema.score_cuts))
     model = config.model
     if _looks_local(model.pretrained_model_name_or_path) and not os.path.isdir(
         os.path.expanduser(model.pretrained_model_name_or_path)

@@ -20,6 +20,7 @@ import torch
 from training.config import DataConfig, SchemaConfig, SourceConfig, SplitConfig, source_split_files
 from training.distill import TEACHER_COLUMNS
 from training.impact_labels import apply_calibration, build_calibration
+from training.scale import Scale
 from training.text import normalize
 from training.tickers import find_mentions, spans_to_tokens
 
@@ -37,6 +38,7 @@ CANONICAL_FEATURES = datasets.Features(
     {
         "text": datasets.Value("string"),
         "sentiment": datasets.Value("string"),
+        "sentiment_coarse": datasets.Value("bool"),  # the label names a coarse class (training/scale.py)
         "sentiment_score": datasets.Value("float32"),
         "impact": datasets.Value("float32"),
         "topics": datasets.Sequence(datasets.Value("string")),
@@ -101,8 +103,12 @@ class _Canonicalizer:
         source: SourceConfig,
         schema: SchemaConfig,
         impact_calibration: dict[str, Any] | None = None,
+        level: str = "fine",
     ):
         self.name = name
+        self.level = level  # coarse | fine (resolved from auto by sentiment_level)
+        self.from_score = source.sentiment_from_score
+        self.ordinal = Scale.of(schema)
         self.columns = dict(source.columns)
         self.impact_from_return = source.impact_from_return
         self.impact_calibration = impact_calibration
@@ -116,12 +122,27 @@ class _Canonicalizer:
         if _is_missing(value) or value == "":
             return None
         label = self.label_map.get(str(value), str(value))
-        if label not in self.scale:
+        if label not in self.scale and (key != "sentiment" or label not in self.ordinal.coarse):
             raise ValueError(
                 f"data.sources.{self.name}: label '{value}' in column '{self.columns[key]}' is not on the scale "
                 f"{self.scale}; map it with data.sources.{self.name}.label_map"
             )
         return label
+
+    def _sentiment(self, batch: dict[str, list[Any]], i: int) -> tuple[str | None, bool]:
+        """A row's label and whether it names a coarse class."""
+        cols = self.columns
+        if self.from_score:
+            score = batch[cols["sentiment_score"]][i]
+            if not _is_missing(score):
+                return self.ordinal.label_from_score(float(score)), False
+        if "sentiment" not in cols:
+            return None, False
+        label = self._label(batch[cols["sentiment"]][i], "sentiment")
+        if label is None:
+            return None, False
+        coarse = label in self.ordinal.coarse and (self.level == "coarse" or label not in self.scale)
+        return label, coarse
 
     def _topics(self, value: Any) -> list[str] | None:
         if _is_missing(value):
@@ -182,9 +203,9 @@ class _Canonicalizer:
         for i in range(n):
             text = batch[cols["text"]][i]
             out["text"].append(text if isinstance(text, str) else "")
-            out["sentiment"].append(
-                self._label(batch[cols["sentiment"]][i], "sentiment") if "sentiment" in cols else None
-            )
+            label, coarse = self._sentiment(batch, i)
+            out["sentiment"].append(label)
+            out["sentiment_coarse"].append(coarse)
             for key in ("sentiment_score", "impact"):
                 value = batch[cols[key]][i] if key in cols else None
                 out[key].append(float("nan") if value is None or _is_missing(value) else float(value))
@@ -249,21 +270,37 @@ def impact_calibration(source: SourceConfig) -> dict[str, Any] | None:
     return build_calibration(values, 1001)
 
 
+def sentiment_level(ds: datasets.Dataset, source: SourceConfig, schema: SchemaConfig) -> str:
+    """``coarse`` or ``fine``: the source's ``sentiment_level``, or for ``auto`` what its labels in ``ds``
+    say -- coarse when every one names a coarse class (a three-class source), fine otherwise."""
+    if source.sentiment_level != "auto":
+        return source.sentiment_level
+    column = source.columns.get("sentiment")
+    if column is None or column not in ds.column_names:
+        return "fine"
+    label_map = {str(k): v for k, v in source.label_map.items()}
+    labels = {label_map.get(str(v), str(v)) for v in ds.unique(column) if not _is_missing(v) and v != ""}
+    coarse = set(Scale.of(schema).coarse)
+    return "coarse" if labels and labels <= coarse else "fine"
+
+
 def to_canonical(
     ds: datasets.Dataset,
     name: str,
     source: SourceConfig,
     schema: SchemaConfig,
     calibration: dict[str, Any] | None = None,
+    level: str | None = None,
 ) -> datasets.Dataset:
-    """Map a raw source split onto the canonical schema; rows without text are dropped."""
+    """Map a raw source split onto the canonical schema; rows without text are dropped. ``level``: how to
+    read its sentiment labels (:func:`sentiment_level`; null: decided from this split)."""
     missing = [col for col in source.columns.values() if col not in ds.column_names]
     if missing:
         raise ValueError(
             f"data.sources.{name}.columns names {missing}, which are not in the data (columns: {ds.column_names})"
         )
     mapped = ds.map(
-        _Canonicalizer(name, source, schema, calibration),
+        _Canonicalizer(name, source, schema, calibration, level or sentiment_level(ds, source, schema)),
         batched=True,
         remove_columns=ds.column_names,
         features=CANONICAL_FEATURES,
@@ -282,16 +319,23 @@ class _Encoder:
         self.max_length = max_length
         self.replace_urls = replace_urls
         self.scale = list(schema.sentiment_labels)
+        self.ordinal = Scale.of(schema)
         self.topics = list(schema.topics)
         self.scope: set[str] | None = None  # set by encode(): topics outside it stay unlabelled (NaN)
 
     def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
         texts = [normalize(t, self.replace_urls) for t in batch["text"]]
         enc = self.tokenizer(texts, truncation=True, max_length=self.max_length, return_offsets_mapping=True)
-        sentiment_id, topic_targets, entity_tokens, entity_scores = [], [], [], []
+        sentiment_id, sentiment_group, topic_targets, entity_tokens, entity_scores = [], [], [], [], []
         for i, text in enumerate(texts):
             label = batch["sentiment"][i]
-            sentiment_id.append(self.scale.index(label) if label is not None else IGNORE_INDEX)
+            fine, group = (
+                self.ordinal.target(label, bool(batch["sentiment_coarse"][i]))
+                if label is not None
+                else (IGNORE_INDEX, IGNORE_INDEX)
+            )
+            sentiment_id.append(fine)  # -100 for a coarse label of several classes
+            sentiment_group.append(group)
             if batch["has_topics"][i]:
                 topic_targets.append(
                     [
@@ -319,6 +363,7 @@ class _Encoder:
             "input_ids": enc["input_ids"],
             "attention_mask": enc["attention_mask"],
             "sentiment_id": sentiment_id,
+            "sentiment_group": sentiment_group,
             "topic_targets": topic_targets,
             "entity_tokens": entity_tokens,
             "entity_scores": entity_scores,
@@ -332,10 +377,15 @@ def label_counts(ds: datasets.Dataset, schema: SchemaConfig) -> dict[str, Any]:
     no row is tagged with was never taught, and neither was a class no row has. Saved with the run and
     every export (``newsimpact.json`` ``label_counts``), so the scorer can leave such outputs out.
     """
+    scale = Scale.of(schema)
     sentiment = [0] * len(schema.sentiment_labels)
-    for value in ds["sentiment_id"]:
+    coarse_only = [0] * len(scale.coarse)  # rows that name a coarse class of several labels
+    groups = ds["sentiment_group"] if "sentiment_group" in ds.column_names else None
+    for i, value in enumerate(ds["sentiment_id"]):
         if value is not None and value >= 0:
             sentiment[value] += 1
+        elif groups is not None and groups[i] is not None and groups[i] >= 0:
+            coarse_only[groups[i]] += 1
     topic_rows = [0] * len(schema.topics)
     topic_positive = [0] * len(schema.topics)
     for targets in ds["topic_targets"]:
@@ -347,13 +397,15 @@ def label_counts(ds: datasets.Dataset, schema: SchemaConfig) -> dict[str, Any]:
     return {
         "rows": len(ds),
         "heads": {
-            "sentiment": sum(sentiment),
-            "sentiment_score": sum(v is not None for v in ds["sentiment_score"]),
-            "impact": sum(v is not None for v in ds["impact"]),
+            "sentiment": sum(sentiment) + sum(coarse_only),
+            "sentiment_score": sum(not _is_missing(v) for v in ds["sentiment_score"]),
+            "impact": sum(not _is_missing(v) for v in ds["impact"]),
             "topics": sum(1 for t in ds["topic_targets"] if t),
-            "tickers": sum(len(s) for s in ds["entity_scores"]),
+            "tickers": sum(not _is_missing(v) for s in ds["entity_scores"] for v in s),
         },
         "sentiment": dict(zip(schema.sentiment_labels, sentiment)),
+        # rows labelled with a coarse class only (a three-class source on a five-level scale)
+        "sentiment_coarse": dict(zip(scale.coarse, coarse_only)),
         "topics": {
             name: {"rows": r, "positive": p} for name, r, p in zip(schema.topics, topic_rows, topic_positive)
         },
@@ -364,6 +416,7 @@ MODEL_COLUMNS = [
     "input_ids",
     "attention_mask",
     "sentiment_id",
+    "sentiment_group",
     "sentiment_score",
     "impact",
     "topic_targets",
@@ -433,10 +486,16 @@ def build_splits(
     per_split: dict[str, list[datasets.Dataset]] = {}
     for name, source in data.sources.items():
         calibration = (calibrations or {}).get(name) or impact_calibration(source)
-        for split_name, split in source.splits.items():
-            if only is not None and split_name not in only:
-                continue
-            ds = to_canonical(load_split(source, split), name, source, schema, calibration)
+        wanted = [s for s in source.splits if only is None or s in only]
+        raw = {s: load_split(source, source.splits[s]) for s in wanted}
+        # one reading of the source's labels for all its splits: from its training rows where loaded
+        level = (
+            sentiment_level(raw["train"] if "train" in raw else next(iter(raw.values())), source, schema)
+            if raw
+            else "fine"
+        )
+        for split_name in wanted:
+            ds = to_canonical(raw[split_name], name, source, schema, calibration, level)
             if source.max_samples is not None and len(ds) > source.max_samples:
                 ds = ds.shuffle(seed=seed).select(range(source.max_samples))
             if teacher is not None and split_name == "train":
@@ -531,6 +590,9 @@ class Collator:
                 batch[key] = torch.tensor([r[key] for r in rows], dtype=torch.float32)
         if "sentiment_id" in rows[0]:
             batch["sentiment_id"] = torch.tensor([r["sentiment_id"] for r in rows], dtype=torch.long)
+            batch["sentiment_group"] = torch.tensor(
+                [r.get("sentiment_group", IGNORE_INDEX) for r in rows], dtype=torch.long
+            )
             for key in ("sentiment_score", "impact"):
                 batch[key] = torch.tensor(
                     [float("nan") if r[key] is None else r[key] for r in rows], dtype=torch.float32

@@ -52,10 +52,20 @@ def teacher_heads(meta: dict[str, Any], wanted: Sequence[str] | None) -> list[st
     return found
 
 
+def _floats(values: Sequence[float | None]) -> np.ndarray:
+    return np.array([np.nan if v is None else v for v in values], dtype=np.float32)
+
+
 class Teacher:
     """Scores texts with the teacher through the batch scorer, caching its part files."""
 
-    def __init__(self, config: DistillConfig, topics: Sequence[str]):
+    def __init__(
+        self,
+        config: DistillConfig,
+        topics: Sequence[str],
+        labels: Sequence[str] | None = None,
+        coarse: Sequence[str] = (),
+    ):
         from inference.engine import model_fingerprint
         from training.modeling import read_meta
 
@@ -71,6 +81,21 @@ class Teacher:
                 [
                     f"distill.teacher='{config.teacher}' reports no validation metrics, so which of its heads "
                     "were trained is unknown; name them: distill.heads=[sentiment,...]"
+                ]
+            )
+        teacher_labels = list(self.meta["schema"]["sentiment_labels"])
+        if (
+            "sentiment" in self.heads
+            and labels is not None
+            and teacher_labels not in (list(labels), list(coarse))
+        ):
+            from training.config import ConfigError
+
+            raise ConfigError(
+                [
+                    f"distill.teacher='{config.teacher}' has the sentiment labels {teacher_labels}, the student "
+                    f"{list(labels)}; give the student the same schema.sentiment_labels (or its coarse classes "
+                    "for a three-class teacher), or leave sentiment out: distill.heads=[...]"
                 ]
             )
         self.fingerprint = model_fingerprint(self.model_dir)
@@ -109,8 +134,9 @@ class Teacher:
         ).reshape(len(order), len(self.topics))
         return {
             "teacher_probs": np.asarray(table.column("sentiment_probs").to_pylist(), dtype=np.float32)[order],
-            "teacher_score": np.asarray(table.column("sentiment_score").to_pylist(), dtype=np.float32)[order],
-            "teacher_impact": np.asarray(table.column("impact").to_pylist(), dtype=np.float32)[order],
+            "teacher_score": _floats(table.column("sentiment_score").to_pylist())[order],
+            # null where the teacher's impact head was never taught
+            "teacher_impact": _floats(table.column("impact").to_pylist())[order],
             "teacher_topics": topics[order],
         }
 
@@ -160,15 +186,23 @@ class Teacher:
 
 
 def distill_losses(
-    out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], temperature: float
+    out: dict[str, torch.Tensor],
+    batch: dict[str, torch.Tensor],
+    temperature: float,
+    membership: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The teacher terms: per head, averaged over rows (and topics) that have a teacher target."""
+    """The teacher terms: per head, averaged over rows (and topics) that have a teacher target. A teacher
+    whose labels are the student's coarse classes (``membership`` [G, K]) is matched by the student's
+    coarse distribution."""
     losses: dict[str, torch.Tensor] = {}
     probs = batch.get("teacher_probs")
     if probs is not None:
         rows = ~torch.isnan(probs).any(-1)
         if rows.any():
             student = F.log_softmax(out["sentiment_logits"][rows].float() / temperature, -1)
+            if membership is not None and probs.shape[-1] == membership.shape[0] != student.shape[-1]:
+                member = membership.to(student.device) > 0
+                student = torch.logsumexp(student[:, None, :].masked_fill(~member[None], float("-inf")), -1)
             teacher = probs[rows].clamp_min(1e-8).log() / temperature
             teacher = F.log_softmax(teacher, -1)  # the teacher's distribution at temperature T
             kl = F.kl_div(student, teacher, log_target=True, reduction="batchmean")

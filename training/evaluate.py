@@ -35,6 +35,7 @@ from training.data import Collator, build_splits
 from training.modeling import META_FILE, NewsImpactModel, load_tokenizer, load_trained, read_meta
 from training.module import HeadMetrics
 from training.records import head_outputs
+from training.scale import Scale
 
 log = logging.getLogger("newsimpact.evaluate")
 
@@ -81,6 +82,7 @@ def predict(model: NewsImpactModel, loader: DataLoader) -> dict[str, torch.Tenso
         items = {
             "sentiment_probs": out["sentiment_probs"],
             "sentiment_id": batch["sentiment_id"],
+            "sentiment_group": batch["sentiment_group"],
             "sentiment_score_pred": out["sentiment_score"],
             "sentiment_score": batch["sentiment_score"],
             "impact_pred": out["impact"],
@@ -118,12 +120,15 @@ def _regression(pred: torch.Tensor, true: torch.Tensor) -> dict[str, float]:
     }
 
 
-def _graded_accuracy(pred: torch.Tensor, true: torch.Tensor, n_labels: int) -> dict[str, float]:
+def _graded_accuracy(pred: torch.Tensor, true: torch.Tensor, scale: Scale) -> dict[str, float]:
     """Accuracy and macro-F1 of a score head whose targets are labels on the scale (e.g. SEntFiN).
 
     Labels become scores at evenly spaced points of [-1, 1]; a prediction counts as the nearest point.
-    Targets that are not on those points (continuous scores, e.g. FiQA) give no classification metrics.
+    Targets that are not on those points (continuous scores, e.g. FiQA) give no classification metrics. On a
+    scale finer than its projection the comparison is between coarse classes (a three-class source's
+    "positive" sits at the fine "positive" point; a prediction nearest "strongly positive" is positive too).
     """
+    n_labels = len(scale.labels)
     mask = ~torch.isnan(true)
     pred, true = pred[mask], true[mask]
     grid = torch.linspace(-1.0, 1.0, n_labels)
@@ -131,7 +136,11 @@ def _graded_accuracy(pred: torch.Tensor, true: torch.Tensor, n_labels: int) -> d
     if len(true) == 0 or not torch.allclose(grid[target], true, atol=1e-4):
         return {}
     guess = (pred[:, None] - grid[None, :]).abs().argmin(1)
-    per_class = tmc.multiclass_f1_score(guess, target, n_labels, average="none")
+    n = n_labels
+    if scale.refines:
+        group_of = torch.as_tensor(scale.group_of)
+        target, guess, n = group_of[target], group_of[guess], len(scale.coarse)
+    per_class = tmc.multiclass_f1_score(guess, target, n, average="none")
     return {
         "accuracy": float((guess == target).float().mean()),
         # over the labels the targets use (a 3-label source scored on a 5-level scale has 3)
@@ -139,32 +148,54 @@ def _graded_accuracy(pred: torch.Tensor, true: torch.Tensor, n_labels: int) -> d
     }
 
 
-def compute_metrics(pred: dict[str, torch.Tensor], labels: list[str], topics: list[str]) -> dict[str, Any]:
-    """Every head's metrics; sentiment macro-F1/accuracy use the same torchmetrics as training."""
+def _classification(guess: torch.Tensor, target: torch.Tensor, names: list[str]) -> dict[str, Any]:
+    n = len(names)
+    present = sorted(set(target.tolist()) | set(guess.tolist()))
+    precision = tmc.multiclass_precision(guess, target, n, average="none")
+    recall = tmc.multiclass_recall(guess, target, n, average="none")
+    f1 = tmc.multiclass_f1_score(guess, target, n, average="none")
+    return {
+        "n": len(target),
+        "accuracy": float(tmc.multiclass_accuracy(guess, target, n, average="micro")),
+        "f1_macro": float(tmc.multiclass_f1_score(guess, target, n, average="macro")),
+        "f1_weighted": float(tmc.multiclass_f1_score(guess, target, n, average="weighted")),
+        "per_class": {
+            names[i]: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int((target == i).sum()),
+            }
+            for i in present
+        },
+    }
+
+
+def compute_metrics(
+    pred: dict[str, torch.Tensor], labels: list[str], topics: list[str], scale: Scale | None = None
+) -> dict[str, Any]:
+    """Every head's metrics on what the scorer emits (the card of training.scale.Scale: label, coarse class,
+    banded score). ``sentiment``: rows with a label of the scale; ``sentiment_coarse`` (scales finer than
+    their projection): every labelled row, on the three classes."""
+    scale = scale or Scale(labels)
     metrics: dict[str, Any] = {}
+    label, group, banded = (
+        torch.as_tensor(a)
+        for a in scale.card(pred["sentiment_probs"].numpy(), pred["sentiment_score_pred"].numpy())
+    )
     valid = pred["sentiment_id"] != -100
     if valid.any():
-        probs, target = pred["sentiment_probs"][valid], pred["sentiment_id"][valid]
-        n = len(labels)
-        present = sorted(set(target.tolist()) | set(probs.argmax(-1).tolist()))
-        precision = tmc.multiclass_precision(probs, target, n, average="none")
-        recall = tmc.multiclass_recall(probs, target, n, average="none")
-        f1 = tmc.multiclass_f1_score(probs, target, n, average="none")
-        metrics["sentiment"] = {
-            "n": int(valid.sum()),
-            "accuracy": float(tmc.multiclass_accuracy(probs, target, n, average="micro")),
-            "f1_macro": float(tmc.multiclass_f1_score(probs, target, n, average="macro")),
-            "f1_weighted": float(tmc.multiclass_f1_score(probs, target, n, average="weighted")),
-            "per_class": {
-                labels[i]: {
-                    "precision": float(precision[i]),
-                    "recall": float(recall[i]),
-                    "f1": float(f1[i]),
-                    "support": int((target == i).sum()),
-                }
-                for i in present
-            },
-        }
+        metrics["sentiment"] = _classification(label[valid], pred["sentiment_id"][valid], labels)
+    rows = pred["sentiment_group"] >= 0
+    if scale.refines and rows.any():
+        metrics["sentiment_coarse"] = _classification(
+            group[rows], pred["sentiment_group"][rows], scale.coarse
+        )
+    pred = {
+        **pred,
+        "sentiment_score_head": pred["sentiment_score_pred"],
+        "sentiment_score_pred": banded.float(),
+    }
     for head, p_key, t_key in (
         ("sentiment_score", "sentiment_score_pred", "sentiment_score"),
         ("impact", "impact_pred", "impact"),
@@ -173,8 +204,11 @@ def compute_metrics(pred: dict[str, torch.Tensor], labels: list[str], topics: li
         reg = _regression(pred[p_key], pred[t_key])
         if reg:
             metrics[head] = reg
+    head_only = _regression(pred["sentiment_score_head"], pred["sentiment_score"])
+    if head_only:  # the score head's own value, before it is kept inside the label's band
+        metrics["sentiment_score"].update({"head_mse": head_only["mse"], "head_r2": head_only["r2"]})
     if "tickers" in metrics:
-        metrics["tickers"].update(_graded_accuracy(pred["ticker_pred"], pred["ticker_true"], len(labels)))
+        metrics["tickers"].update(_graded_accuracy(pred["ticker_pred"], pred["ticker_true"], scale))
     rows = ~torch.isnan(pred["topic_targets"]).all(dim=1)
     if rows.any() and topics:
         probs, raw = pred["topic_probs"][rows], pred["topic_targets"][rows]
@@ -200,7 +234,9 @@ def compute_metrics(pred: dict[str, torch.Tensor], labels: list[str], topics: li
 
 def training_style_metrics(model: NewsImpactModel, loader: DataLoader) -> dict[str, float]:
     """The metrics exactly as the Lightning module logs them during validation (for cross-checks)."""
-    metrics = HeadMetrics(len(model.schema.sentiment_labels), len(model.schema.topics))
+    scale = Scale.of(model.schema)
+    membership = torch.tensor(scale.membership, dtype=torch.float32) if scale.refines else None
+    metrics = HeadMetrics(len(model.schema.sentiment_labels), len(model.schema.topics), membership)
     with torch.no_grad():
         for batch in loader:
             metrics.update(model(batch["input_ids"], batch["attention_mask"], batch["entity_mask"]), batch)
@@ -325,7 +361,7 @@ def run(config: EvaluateConfig) -> dict[str, Any]:
         collate_fn=Collator(tokenizer.pad_token_id, len(schema.topics), config.data.pad_to_multiple_of),
     )
     pred = predict(model, loader)
-    metrics = compute_metrics(pred, schema.sentiment_labels, schema.topics)
+    metrics = compute_metrics(pred, schema.sentiment_labels, schema.topics, Scale.of(schema))
     metrics["training_style"] = training_style_metrics(model, loader)
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)

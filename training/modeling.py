@@ -34,8 +34,12 @@ class LabelSchema:
 
     sentiment_labels: list[str]
     topics: list[str]
+    # the three-class projection and the labels' score bands (training/scale.py); null in files written
+    # before they existed: the defaults
+    coarse_labels: dict[str, list[str]] | None = None
+    score_cuts: list[float] | None = None
 
-    def to_dict(self) -> dict[str, list[str]]:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -137,11 +141,52 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask).sum() / mask.sum().clamp(min=1)
 
 
+def sentiment_loss(
+    logits: torch.Tensor,
+    batch: dict[str, torch.Tensor],
+    label_smoothing: float = 0.0,
+    class_weights: torch.Tensor | None = None,
+    membership: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Cross-entropy on rows with a label of the scale; on rows that name only a coarse class of several
+    labels (``sentiment_id`` -100, ``sentiment_group`` set; ``membership`` [G, K] from
+    :class:`training.scale.Scale`), -log of the class's summed probability, smoothed over the coarse
+    classes as cross-entropy is over the labels. The mean over both kinds of rows (class weights, where
+    given, weigh the fine rows as ``F.cross_entropy`` does)."""
+    target = batch["sentiment_id"]
+    fine = target != -100
+    group = batch.get("sentiment_group")
+    coarse = None
+    if group is not None and membership is not None:
+        coarse = (~fine) & (group >= 0)
+    total = logits.sum() * 0.0
+    count = torch.zeros((), device=logits.device)
+    if fine.any():
+        weight = None if class_weights is None else class_weights.to(logits.dtype)
+        per_row = F.cross_entropy(
+            logits[fine], target[fine], weight=weight, label_smoothing=label_smoothing, reduction="none"
+        )
+        total = total + per_row.sum()
+        count = count + (weight[target[fine]].sum() if weight is not None else fine.sum())
+    if coarse is not None and coarse.any():
+        assert membership is not None and group is not None
+        member = membership.to(logits.device) > 0  # [G, K]
+        log_p = torch.log_softmax(logits[coarse].float(), dim=-1)
+        per_group = -torch.logsumexp(log_p[:, None, :].masked_fill(~member[None], float("-inf")), dim=-1)
+        nll = per_group.gather(1, group[coarse][:, None]).squeeze(1)  # [N]: -log P(row's class)
+        if label_smoothing:
+            nll = (1 - label_smoothing) * nll + label_smoothing * per_group.mean(1)
+        total = total + nll.sum()
+        count = count + coarse.sum()
+    return total / count.clamp(min=1)
+
+
 def compute_losses(
     out: dict[str, torch.Tensor],
     batch: dict[str, torch.Tensor],
     weights: LossConfig,
     class_weights: torch.Tensor | None = None,
+    membership: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Per-head losses, each averaged over the rows that carry that label, plus their weighted ``loss``.
 
@@ -150,16 +195,9 @@ def compute_losses(
     mixed-source batches need no special casing.
     """
     losses: dict[str, torch.Tensor] = {}
-    target = batch["sentiment_id"]
-    valid = target != -100
-    logits = out["sentiment_logits"]
-    if valid.any():
-        weight = None if class_weights is None else class_weights.to(logits.dtype)
-        losses["sentiment"] = F.cross_entropy(
-            logits[valid], target[valid], weight=weight, label_smoothing=weights.sentiment_label_smoothing
-        )
-    else:
-        losses["sentiment"] = logits.sum() * 0.0
+    losses["sentiment"] = sentiment_loss(
+        out["sentiment_logits"], batch, weights.sentiment_label_smoothing, class_weights, membership
+    )
     for key, pred in (("sentiment_score", out["sentiment_score"]), ("impact", out["impact_logits"])):
         y = batch[key]
         mask = ~torch.isnan(y)

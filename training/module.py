@@ -24,6 +24,7 @@ from training.modeling import (
     trainable_state_dict,
 )
 from training.records import untrained
+from training.scale import Scale
 
 log = logging.getLogger("newsimpact.train")
 
@@ -124,12 +125,23 @@ class HeadMetrics(torch.nn.Module):
     sentiment: Any
     topics: Any
 
-    def __init__(self, n_classes: int, n_topics: int):
+    def __init__(self, n_classes: int, n_topics: int, membership: torch.Tensor | None = None):
         super().__init__()
         self.sentiment = torchmetrics.MetricCollection(
             {
                 "sentiment_acc": tmc.MulticlassAccuracy(n_classes, average="micro", ignore_index=-100),
                 "sentiment_f1_macro": tmc.MulticlassF1Score(n_classes, average="macro", ignore_index=-100),
+            }
+        )
+        # A scale finer than its projection (five levels): also the three-class figures, over every row with
+        # a sentiment label, coarse or fine; the prediction is the coarse class of most probability.
+        self.membership = membership
+        self.coarse = torchmetrics.MetricCollection(
+            {}
+            if membership is None
+            else {
+                "sentiment_coarse_acc": tmc.MulticlassAccuracy(membership.shape[0], average="micro"),
+                "sentiment_coarse_f1_macro": tmc.MulticlassF1Score(membership.shape[0], average="macro"),
             }
         )
         self.regression = torch.nn.ModuleDict(
@@ -149,13 +161,19 @@ class HeadMetrics(torch.nn.Module):
         )
         self.n_topics = n_topics
         # How many labelled rows each group saw this epoch (summed over ranks when computed).
-        self.register_buffer("counts", torch.zeros(5), persistent=False)
+        self.register_buffer("counts", torch.zeros(6), persistent=False)
 
     def update(self, out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> None:
         valid = batch["sentiment_id"] != -100
         if valid.any():
             self.sentiment.update(out["sentiment_logits"][valid], batch["sentiment_id"][valid])
             self.counts[0] += valid.sum()
+        if self.membership is not None:
+            rows = batch["sentiment_group"] >= 0
+            if rows.any():
+                probs = torch.softmax(out["sentiment_logits"][rows].float(), -1)
+                self.coarse.update(probs @ self.membership.to(probs).T, batch["sentiment_group"][rows])
+                self.counts[5] += rows.sum()
         pairs = (
             ("sentiment_score", out["sentiment_score"], batch["sentiment_score"], 1),
             ("impact", out["impact"], batch["impact"], 2),
@@ -185,10 +203,13 @@ class HeadMetrics(torch.nn.Module):
                 results.update({f"{head}_{k}": float(v) for k, v in self.regression[head].compute().items()})
         if counts[4] > 0:
             results.update({k: float(v) for k, v in self.topics.compute().items()})
+        if counts[5] > 0:
+            results.update({k: float(v) for k, v in self.coarse.compute().items()})
         return {k: v for k, v in results.items() if not math.isnan(v)}
 
     def reset(self) -> None:
         self.sentiment.reset()
+        self.coarse.reset()
         self.topics.reset()
         for collection in self.regression.values():
             collection.reset()
@@ -203,6 +224,7 @@ class NewsImpactModule(pl.LightningModule):
     """
 
     class_weights: torch.Tensor | None
+    membership: torch.Tensor | None
 
     def __init__(
         self,
@@ -219,7 +241,13 @@ class NewsImpactModule(pl.LightningModule):
         self.loss_weights = loss_weights
         self.distill = distill if distill is not None and distill.teacher else None
         self.strict_loading = False
-        self.val_metrics = HeadMetrics(len(model.schema.sentiment_labels), len(model.schema.topics))
+        scale = Scale.of(model.schema)
+        # [G, K] coarse class membership of the labels when the scale refines its projection (five levels)
+        membership = torch.tensor(scale.membership, dtype=torch.float32) if scale.refines else None
+        self.register_buffer("membership", membership, persistent=False)
+        self.val_metrics = HeadMetrics(
+            len(model.schema.sentiment_labels), len(model.schema.topics), membership
+        )
         self.last_val_metrics: dict[str, float] = {}
         # Every validation of this process: {"step": n, metric: value}; the best is a sweep's objective.
         self.val_history: list[dict[str, float]] = []
@@ -241,17 +269,17 @@ class NewsImpactModule(pl.LightningModule):
             n = batch["input_ids"].shape[0]
             batch = {k: torch.cat([v, v]) if torch.is_tensor(v) else v for k, v in batch.items()}
             out = self(batch)
-            losses = compute_losses(out, batch, self.loss_weights, self.class_weights)
+            losses = compute_losses(out, batch, self.loss_weights, self.class_weights, self.membership)
             logits = out["sentiment_logits"]
             losses["sentiment_rdrop"] = symmetric_kl(logits[:n], logits[n:])
             losses["loss"] = losses["loss"] + rdrop * losses["sentiment_rdrop"]
         else:
             out = self(batch)
-            losses = compute_losses(out, batch, self.loss_weights, self.class_weights)
+            losses = compute_losses(out, batch, self.loss_weights, self.class_weights, self.membership)
         if self.distill is not None and "teacher_probs" in batch:
             # Soft targets from the teacher (training/distill.py), each head weighted like its hard loss.
             heads = {"score": "sentiment_score"}
-            for name, term in distill_losses(out, batch, self.distill.temperature).items():
+            for name, term in distill_losses(out, batch, self.distill.temperature, self.membership).items():
                 head = name.removeprefix("distill_")
                 losses[name] = term
                 losses["loss"] = (
@@ -265,7 +293,7 @@ class NewsImpactModule(pl.LightningModule):
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         out = self(batch)
-        losses = compute_losses(out, batch, self.loss_weights, self.class_weights)
+        losses = compute_losses(out, batch, self.loss_weights, self.class_weights, self.membership)
         self.log("val/loss", losses["loss"], sync_dist=True, batch_size=batch["input_ids"].shape[0])
         self.val_metrics.update(out, batch)
 

@@ -13,6 +13,8 @@ from typing import Any
 import pyarrow as pa
 import torch
 
+from training.scale import Scale
+
 # Inference outputs of the heads, in the ONNX graph's output order.
 HEAD_OUTPUTS = ("sentiment_probs", "sentiment_score", "impact", "topic_scores", "ticker_score")
 
@@ -35,6 +37,7 @@ TOPIC_TYPE = pa.struct([("topic", pa.string()), ("score", pa.float32())])
 RECORD_FIELDS = (
     pa.field("id", pa.string()),
     pa.field("sentiment", pa.string()),
+    pa.field("sentiment_coarse", pa.string()),  # the label's coarse class: the three-class projection
     pa.field("sentiment_probs", pa.list_(pa.float32())),
     pa.field("sentiment_score", pa.float32()),
     pa.field("impact", pa.float32()),
@@ -46,13 +49,25 @@ RECORD_FIELDS = (
 RECORD_KEYS = tuple(f.name for f in RECORD_FIELDS)
 
 
-def untrained(counts: dict[str, Any] | None) -> dict[str, list[str]]:
-    """Sentiment classes and topics no training row taught (empty lists for an old model without counts)."""
+def untrained(counts: dict[str, Any] | None, scale: Scale | None = None) -> dict[str, list[str]]:
+    """Sentiment classes, topics and heads no training row taught (empty lists for an old model without
+    counts). A coarse class taught only by coarse rows (three-class sources on a five-level scale, no
+    intensity source) teaches its label of the same name: on such a model "strongly positive" is untrained
+    and "positive" is not."""
     if not counts:
-        return {"sentiment": [], "topics": []}
+        return {"sentiment": [], "topics": [], "heads": []}
+    fine = counts["sentiment"]
+    missing = [k for k, n in fine.items() if n == 0]
+    if scale is not None:
+        for name, rows in (counts.get("sentiment_coarse") or {}).items():
+            members = [scale.labels[i] for i in scale.members[scale.coarse.index(name)]]
+            if rows and not any(fine.get(label) for label in members):
+                taught = name if name in members else members[len(members) // 2]
+                missing = [k for k in missing if k != taught]
     return {
-        "sentiment": [k for k, n in counts["sentiment"].items() if n == 0],
+        "sentiment": missing,
         "topics": [k for k, v in counts["topics"].items() if v["positive"] == 0],
+        "heads": [k for k, n in (counts.get("heads") or {}).items() if n == 0],
     }
 
 

@@ -30,6 +30,7 @@ from training.data import impact_calibrations
 from training.distill import Teacher
 from training.modeling import FORMAT_VERSION, LabelSchema, build_model, load_tokenizer, save_trainable
 from training.module import NewsDataModule, NewsImpactModule
+from training.scale import Scale
 
 log = logging.getLogger("newsimpact.train")
 
@@ -189,12 +190,22 @@ def run(config: TrainConfig, run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     if not config.resume and (run_path / "metrics.csv").exists():
         (run_path / "metrics.csv").unlink()  # a fresh run in an old folder starts a fresh log
     pl.seed_everything(config.seed, workers=True)
-    schema = LabelSchema(list(config.schema.sentiment_labels), list(config.schema.topics))
+    scale = Scale.of(config.schema).to_dict()  # saved resolved: the model folder says its bands itself
+    schema = LabelSchema(
+        list(config.schema.sentiment_labels),
+        list(config.schema.topics),
+        scale["coarse_labels"],
+        scale["score_cuts"],
+    )
     tokenizer = load_tokenizer(config.model.pretrained_model_name_or_path, config.model.trust_remote_code)
     # impact_from_return sources: the |return| -> impact rank table travels with the model (run.json,
     # adapter/ and every export), so evaluation and users map impact the way training did.
     calibrations = impact_calibrations(config.data)
-    teacher = Teacher(config.distill, config.schema.topics) if config.distill.teacher else None
+    teacher = (
+        Teacher(config.distill, config.schema.topics, schema.sentiment_labels, list(scale["coarse_labels"]))
+        if config.distill.teacher
+        else None
+    )
     datamodule = NewsDataModule(
         config.data,
         config.schema,

@@ -22,14 +22,16 @@ def test_learns_a_separable_set_and_writes_the_run(tiny_bert, separable_data, tm
     run_dir = tmp_path / "run"
     config = compose_train(
         tiny_overrides(tiny_bert, run_dir, separable_data)
-        + ["trainer.max_epochs=12", "optim.lr=5e-3", "optim.head_lr=1e-2", "peft.r=8", "optim.warmup_ratio=0"]
+        + ["trainer.max_epochs=20", "optim.lr=5e-3", "optim.head_lr=1e-2", "peft.r=8", "optim.warmup_ratio=0"]
     )
     validate_train_config(config)
     info = run(config, run_dir)
 
     losses = _train_losses(_metrics(run_dir))
     assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
-    assert info["val_metrics"]["sentiment_acc"] >= 0.75  # 8 held-out rows; chance is 0.5
+    # positive/negative rows name coarse classes of the five-level scale: the three-class figures
+    assert "sentiment_acc" not in info["val_metrics"]
+    assert info["val_metrics"]["sentiment_coarse_acc"] >= 0.75  # 8 held-out rows; chance is 0.5
     saved = json.loads((run_dir / "run.json").read_text())
     assert saved["status"] == "finished" and saved["schema"]["sentiment_labels"][0] == "strongly negative"
     assert saved["config"]["peft"]["r"] == 8 and saved["config_hash"]

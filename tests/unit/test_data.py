@@ -87,7 +87,8 @@ def test_encode_finds_mention_tokens_and_masks_missing_labels(tokenizer):
     ]
     enc = encode(to_canonical(_raw(rows), "x", source, schema), tokenizer, schema, 32)
     first = enc[0]
-    assert first["sentiment_id"] == SCALE.index("positive")
+    # every label of this source names a coarse class: "positive" teaches positive-or-strongly-positive
+    assert first["sentiment_id"] == IGNORE_INDEX and first["sentiment_group"] == 2
     assert first["topic_targets"] == [1.0, 0.0]
     assert len(first["entity_tokens"]) == 2  # NOPE is not in the text
     tokens = tokenizer.convert_ids_to_tokens(first["input_ids"])
@@ -259,3 +260,40 @@ def test_weak_topic_rules():
         "validation",
         "test",
     }
+
+
+def test_sentiment_level_auto_reads_three_class_sources_as_coarse(tokenizer):
+    from training.data import sentiment_level
+
+    schema = SchemaConfig(sentiment_labels=SCALE, topics=[])
+    source = SourceConfig(columns={"text": "t", "sentiment": "s"}, label_map={"Bullish": "positive"})
+    three = _raw([{"t": "up", "s": "Bullish"}, {"t": "flat", "s": "neutral"}, {"t": "?", "s": None}])
+    five = _raw([{"t": "up", "s": "positive"}, {"t": "soars", "s": "strongly positive"}])
+    assert sentiment_level(three, source, schema) == "coarse"
+    assert sentiment_level(five, source, schema) == "fine"
+    assert (
+        sentiment_level(three, SourceConfig(columns=source.columns, sentiment_level="fine"), schema) == "fine"
+    )
+    enc = encode(to_canonical(five, "f", source, schema), tokenizer, schema, 16)
+    assert enc["sentiment_id"] == [3, 4] and enc["sentiment_group"] == [2, 2]  # fine "positive": not strong
+    enc = encode(to_canonical(three, "c", source, schema), tokenizer, schema, 16)
+    assert enc["sentiment_id"] == [IGNORE_INDEX, 2, IGNORE_INDEX] and enc["sentiment_group"] == [
+        2,
+        1,
+        IGNORE_INDEX,
+    ]
+
+
+def test_sentiment_from_score_bins_the_score_and_keeps_labels_without_one(tokenizer):
+    schema = SchemaConfig(sentiment_labels=SCALE, topics=[])
+    source = SourceConfig(
+        columns={"text": "t", "sentiment": "s", "sentiment_score": "v"}, sentiment_from_score=True
+    )
+    rows = [
+        {"t": "a", "s": "positive", "v": 0.7},
+        {"t": "b", "s": "positive", "v": 0.2},
+        {"t": "c", "s": "negative", "v": None},
+    ]
+    out = to_canonical(_raw(rows), "q", source, schema)
+    assert out["sentiment"] == ["strongly positive", "positive", "negative"]
+    assert out["sentiment_coarse"] == [False, False, True]  # the unscored row keeps its coarse label
