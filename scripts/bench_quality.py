@@ -58,7 +58,7 @@ EVALS = {
     "sentfin": Eval("sentfin", "sentfin", "test", "80/10/10 test (1,444 entity rows)"),
     "tfn_topic": Eval("tfn_topic", "tfn_topic", "validation", "dev_holdout rows of train (1,699)"),
     "stocknet": Eval("stocknet", "stocknet", "test", "paper's test dates (3,386)"),
-    "weak_topics": Eval("weak_topics", "weak_topics", "test", "weak ai/guidance labels, hash split test"),
+    "weak_topics": Eval("weak_topics", "weak_topics", "test", "weak ai/guidance/earnings labels (v3), hash split test"),
 }
 
 EXPERIMENTS = [
@@ -146,7 +146,7 @@ COLUMNS: dict[str, list[tuple[str, str, str]]] = {
     "sentfin": [("tickers", "accuracy", "entity accuracy"), ("tickers", "f1_macro", "entity macro-F1"), ("tickers", "spearman", "entity score Spearman")],
     "tfn_topic": [("topics", "top1_accuracy", "top-1 accuracy"), ("topics", "f1_micro", "micro-F1"), ("topics", "f1_macro", "macro-F1")],
     "stocknet": [("impact", "spearman", "impact Spearman"), ("impact", "mae", "impact MAE"), ("impact", "pearson", "impact Pearson")],
-    "weak_topics": [("topics", "f1_per_topic.ai", "ai F1"), ("topics", "f1_per_topic.guidance", "guidance F1"), ("topics", "f1_micro", "micro-F1 (ai, guidance)")],
+    "weak_topics": [("topics", "f1_per_topic.ai", "ai F1"), ("topics", "f1_per_topic.guidance", "guidance F1"), ("topics", "f1_per_topic.earnings", "earnings F1"), ("topics", "f1_micro", "micro-F1 (weak topics)")],
 }  # fmt: skip
 
 TITLES = {
@@ -157,7 +157,7 @@ TITLES = {
     "sentfin": "SEntFiN entity sentiment",
     "tfn_topic": "TFN topics",
     "stocknet": "StockNet impact",
-    "weak_topics": "Weak ai/guidance topics",
+    "weak_topics": "Weak ai/guidance/earnings topics",
 }
 PUBLISHED_KEY = {"top1_accuracy": "top1_accuracy", "f1_weighted": "f1_weighted"}
 

@@ -3,9 +3,10 @@
     python scripts/weak_topic_labels.py [--data ../shared/data] [--out weak_topics] [--sample 100]
 
 Reads the in-domain text of ../shared/data, training splits only (TFN topic and TFNS tweets, SEntFiN and
-FNSPID headlines, FPB sentences: no held-out evaluation text; duplicates once), labels it with ``training.weak_labels.label``, and writes OUT/{train,
-validation,test}.parquet (``text``, ``topics``, ``corpus``): every text a rule fires on, plus twice as many
-where none does (seeded). ``--sample`` positives per topic (seeded) go to OUT/sample_<topic>.jsonl for a
+FNSPID headlines, FPB sentences of FinGPT's training split: no held-out evaluation text; duplicates once),
+labels it with ``training.weak_labels.label``, and writes OUT/{train,validation,test}.parquet (``text``,
+``topics``, ``corpus``): every text an ai or guidance rule fires on, ``--max-earnings`` of those where only
+the earnings rules fire, plus twice as many where none does (seeded). ``--sample`` positives per topic (seeded) go to OUT/sample_<topic>.jsonl for a
 person to read. Train on it with data=weak_topics (NEWSIMPACT_WEAK_TOPICS=OUT) or the mix experiment.
 """
 
@@ -27,14 +28,15 @@ def corpora(data: Path) -> dict[str, list[str]]:
     def col(path: Path, name: str = "text") -> list[str]:
         return [t for t in pd.read_parquet(path, columns=[name])[name] if isinstance(t, str)]
 
+    fpb = pd.read_parquet(data / "fpb" / "train.parquet", columns=["text", "fingpt_split"])
     texts = {
         "tfn_topic": col(data / "tfn_topic" / "train.parquet"),
         "tfns": col(data / "tfns" / "train.parquet"),
         "sentfin": col(data / "sentfin" / "train.parquet"),
-        "fnspid": [
-            t for s in ("train", "validation", "test") for t in col(data / "fnspid_sample" / f"{s}.parquet")
-        ],
-        "fpb": [t for p in sorted((data / "fpb").glob("*.parquet")) for t in col(p)],
+        "fnspid": col(data / "fnspid_sample" / "train.parquet"),
+        # FPB's training file less FinGPT's test sentences (the FPB rows of the quality table); v2 read all
+        # three files and FinGPT's test rows, for topics only
+        "fpb": [t for t in fpb.loc[fpb["fingpt_split"] == "train", "text"] if isinstance(t, str)],
     }
     seen: set[str] = set()
     out = {}
@@ -50,6 +52,9 @@ def main() -> None:
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
     parser.add_argument("--out", default="weak_topics")
     parser.add_argument("--sample", type=int, default=100)
+    parser.add_argument(
+        "--max-earnings", type=int, default=800, help="texts whose only weak topic is earnings (seeded)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="of the reading sample")
     parser.add_argument("--exclude", nargs="*", default=[], help="sample files already read: drawn anew")
     args = parser.parse_args()
@@ -59,12 +64,16 @@ def main() -> None:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows, negatives = [], []
+    rows, only_earnings, negatives = [], [], []
     for corpus, texts in corpora(Path(args.data)).items():
         for text in texts:
             topics = label(text)
-            (rows if topics else negatives).append({"text": text, "topics": topics, "corpus": corpus})
+            row = {"text": text, "topics": topics, "corpus": corpus}
+            (only_earnings if topics == ["earnings"] else rows if topics else negatives).append(row)
     rng = random.Random(13)
+    # earnings fires on ~10x more texts than ai and guidance together: a seeded share keeps the source small
+    # (its rows are seen every epoch of the mix) and the topics' base rates closer
+    rows += rng.sample(only_earnings, min(len(only_earnings), args.max_earnings))
     rows += rng.sample(negatives, min(len(negatives), 2 * len(rows)))
     frame = pd.DataFrame(rows)
     frame["split"] = frame["text"].map(split_of)

@@ -1,9 +1,10 @@
-"""Weak topic labels for topics no labelled dataset has (``ai``, ``guidance``): versioned phrase rules.
+"""Weak topic labels: versioned phrase rules for the topics no labelled dataset has (``ai``, ``guidance``)
+and for ``earnings`` in the registers TFN's earnings tweets do not cover (wire sentences, headlines).
 
 ``label(text)`` returns the topics whose rules fire. ``python scripts/weak_topic_labels.py`` runs them over
 in-domain text (TFN topic tweets, SEntFiN and FNSPID headlines, FPB sentences) and writes a data source in
 the canonical schema: every row with a firing rule, plus twice as many rows where none fires, split
-80/10/10 by a hash of the text (:func:`split_of`); each row is labelled for ``ai`` and ``guidance`` only
+80/10/10 by a hash of the text (:func:`split_of`); each row is labelled for ``TOPICS`` only
 (``topic_scope`` in configs/data/weak_topics.yaml), so it teaches nothing about the other topics. The precision of each rule, read by hand on a seeded sample, is in
 docs/BENCHMARKS.md ("Weak topic labels"). Change a rule: bump ``VERSION`` and measure again.
 """
@@ -13,8 +14,8 @@ from __future__ import annotations
 import hashlib
 import re
 
-VERSION = 2  # 1: first rules; 2: guidance exclusions after reading the v1 sample
-TOPICS = ("ai", "guidance")
+VERSION = 3  # 1: first rules; 2: guidance exclusions after reading the v1 sample; 3: earnings
+TOPICS = ("ai", "guidance", "earnings")
 
 # Case matters for the acronym ("AI" the topic, not "ai" in words or Air India's flight codes below).
 _AI = [
@@ -63,6 +64,49 @@ _NOT_GUIDANCE = re.compile(
 )
 
 
+# A company's reported results: its profit/revenue lines, a reporting period next to results, results that
+# beat or missed. (TFN's earnings tweets teach the topic on tweets; these rules add the wording of wire
+# sentences and headlines, e.g. "Q3 net profit up 40 %", "operating profit rose to EUR 13.1 mn".)
+_EARNINGS = [
+    re.compile(
+        r"\b(?:net (?:profit|income|loss|earnings|sales)|operating (?:profit|income|loss|result|margin)|"
+        r"pre-?tax (?:profit|loss)|profit (?:before|after) tax(?:es)?|EBITDA|EBIT|earnings per share|EPS|"
+        r"comparable sales|same-store sales|quarterly (?:results|earnings|profits?|loss|revenues?|sales|numbers))\b",
+        re.IGNORECASE,
+    ),
+    re.compile(
+        r"\b(?:Q[1-4]|[1-4]Q|(?:first|second|third|fourth)[- ]quarter|(?:full|half|fiscal)[- ]year|nine[- ]month|"
+        r"interim|annual)\b[^.;:]{0,30}\b(?:results?|earnings|profits?|loss|net|revenues?|sales|numbers|EPS|"
+        r"income)\b",
+        re.IGNORECASE,
+    ),
+    re.compile(
+        r"\b(?:earnings|results)\s+(?:beat|miss|top|call|release|report|season|preview|date|estimates?|growth)\b"
+        r"|\b(?:beats?|miss(?:es)?|tops?)\b[^.;:]{0,20}\b(?:estimates|expectations|consensus)\b",
+        re.IGNORECASE,
+    ),
+    re.compile(
+        r"\b(?:revenues?|sales|turnover|profits?)\b[^.;:]{0,40}\b(?:rose|fell|increased|decreased|jumped|"
+        r"dropped|declined|grew|surged|slumped|totall?ed|amounted|climbed|doubled|plunged|soared)\b",
+        re.IGNORECASE,
+    ),
+]
+
+
+# "annual profit forecast", "Q3 revenue guidance": a forecast of results is guidance, not results
+_FORECAST_AFTER = re.compile(r"\s*(?:forecasts?|outlook|guidance|view|targets?|estimates?)\b", re.IGNORECASE)
+
+
+_FORECAST_BEFORE = re.compile(
+    r"\b(?:sees|expects?|forecasts?|projects?|guides?|predicts?)\s+(?:\w+\s+)?$", re.I
+)
+
+
+def _reported(match: re.Match[str], text: str) -> bool:
+    before = text[max(0, match.start() - 30) : match.start()]
+    return not (_FORECAST_AFTER.match(text, match.end()) or _FORECAST_BEFORE.search(before))
+
+
 def label(text: str) -> list[str]:
     """The weak topics of one text (possibly none)."""
     topics = []
@@ -70,6 +114,8 @@ def label(text: str) -> list[str]:
         topics.append("ai")
     if any(r.search(text) for r in _GUIDANCE) and not _NOT_GUIDANCE.search(text):
         topics.append("guidance")
+    if any(_reported(m, text) for r in _EARNINGS for m in r.finditer(text)):
+        topics.append("earnings")
     return topics
 
 

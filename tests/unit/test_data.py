@@ -249,6 +249,14 @@ def test_weak_topic_rules():
     from training.weak_labels import label, split_of
 
     assert label("Nvidia beats on AI chip demand; raises Q3 revenue guidance") == ["ai", "guidance"]
+    assert label("Alibaba's quarterly revenue rose 7 % as AI demand lifted its cloud unit") == [
+        "ai",
+        "earnings",
+    ]
+    assert label("Operating profit rose to EUR 13.1 mn from EUR 8.7 mn .") == ["earnings"]
+    assert label("Karur Vysya Bank Q4 net profit jumps 15.2%") == ["earnings"]
+    assert label("Acme opens a new plant in Ohio") == []
+    assert label("Nvidia sees fourth-quarter revenue of about $20 billion") == ["guidance"]  # not results
     assert label("Toyota lifts annual profit forecast") == ["guidance"]
     assert label("Goldman raises its oil price forecast") == []  # a bank's forecast is not guidance
     assert label("IMF cuts its growth outlook") == [] and label("Acme under the guidance of its founder") == [
