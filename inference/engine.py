@@ -197,7 +197,7 @@ class Scorer:
         max_chunks: int = 16,
         stride: int | None = None,
         impact_aggregation: str = "max",
-        sentiment_aggregation: str = "mean",
+        sentiment_aggregation: str = "stance",
         topic_threshold: float = 0.5,
         ticker_map: Mapping[str, str] | None = None,
     ):

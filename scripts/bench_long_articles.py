@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import glob
 import json
-import platform
 import random
 import sys
 import time
@@ -29,6 +28,9 @@ import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from bench_quality import machine, write_section  # noqa: E402
 
 from inference.engine import SENTIMENT_AGGREGATIONS, Article, Scorer, configure_process  # noqa: E402
 
@@ -139,7 +141,7 @@ def main() -> None:
     info = {
         "command": "python scripts/bench_long_articles.py " + " ".join(sys.argv[1:]),
         "model_dir": args.model_dir,
-        "machine": f"{platform.processor() or platform.machine()}, Python {platform.python_version()}",
+        "machine": machine(),
         "documents": len(docs),
         "chunks": int(n_chunks.sum()),
         "minutes": round((time.perf_counter() - start) / 60, 1),
@@ -149,11 +151,9 @@ def main() -> None:
     text = markdown(report)
     print(text)
     if args.markdown:
-        path = ROOT / args.markdown
-        doc = path.read_text()
-        if BEGIN in doc and END in doc:
-            head, rest = doc.split(BEGIN, 1)
-            path.write_text(head + BEGIN + "\n" + text + "\n" + END + rest.split(END, 1)[1])
+        write_section(
+            ROOT / args.markdown, text, (BEGIN, END), "Long articles (`scripts/bench_long_articles.py`)"
+        )
     print(
         f"bench_long_articles: {len(docs)} documents, {int(n_chunks.sum())} chunks in {info['minutes']} min"
     )

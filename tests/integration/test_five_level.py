@@ -113,43 +113,25 @@ def test_a_model_without_intensity_rows_never_says_strongly(five_level_model, tm
         assert a["sentiment_score"] == pytest.approx(min(max(0.5 * (p[3] - p[1]), lo), hi))
 
 
-def test_evaluation_reports_five_levels_and_three_classes(five_level_model, tmp_path):
-    three = evaluate(
-        EvaluateConfig(
-            model_dir=str(five_level_model["model"]),
-            split="validation",
-            output_dir=str(tmp_path / "three"),
-            data=compose_train(["data=sample"]).data.__class__(
-                sources={
-                    "three": {
-                        "root": str(five_level_model["three"]),
-                        "splits": {"validation": {"path": "validation.jsonl"}},
-                        "columns": {"text": "text", "sentiment": "label"},
-                    }
-                }
-            ),
-        )
+def _evaluate_on(model: dict, name: str, source: dict, out) -> dict:
+    """Evaluate the five-level model on the validation file of one of its two training sources."""
+    sources = {
+        name: {"root": str(model[name]), "splits": {"validation": {"path": "validation.jsonl"}}, **source}
+    }
+    data = compose_train(["data=sample"]).data.__class__(sources=sources)
+    return evaluate(
+        EvaluateConfig(model_dir=str(model["model"]), split="validation", output_dir=str(out), data=data)
     )
+
+
+def test_evaluation_reports_five_levels_and_three_classes(five_level_model, tmp_path):
+    columns = {"text": "text", "sentiment": "label"}
+    three = _evaluate_on(five_level_model, "three", {"columns": columns}, tmp_path / "three")
     assert three["sentiment"]["n"] == 2  # only the neutral rows name a label of the scale itself
     assert three["sentiment_coarse"]["n"] == 10 and set(three["sentiment_coarse"]["per_class"]) <= {
         "negative", "neutral", "positive"
     }  # fmt: skip
-    five = evaluate(
-        EvaluateConfig(
-            model_dir=str(five_level_model["model"]),
-            split="validation",
-            output_dir=str(tmp_path / "five"),
-            data=compose_train(["data=sample"]).data.__class__(
-                sources={
-                    "intense": {
-                        "root": str(five_level_model["intense"]),
-                        "splits": {"validation": {"path": "validation.jsonl"}},
-                        "columns": {"text": "text", "sentiment_score": "score"},
-                        "sentiment_from_score": True,
-                    }
-                }
-            ),
-        )
-    )
+    intense = {"columns": {"text": "text", "sentiment_score": "score"}, "sentiment_from_score": True}
+    five = _evaluate_on(five_level_model, "intense", intense, tmp_path / "five")
     assert five["sentiment"]["n"] == 10 and five["sentiment_coarse"]["n"] == 10
     assert {"head_mse", "head_r2", "mse"} <= set(five["sentiment_score"])
