@@ -58,7 +58,9 @@ EVALS = {
     "sentfin": Eval("sentfin", "sentfin", "test", "80/10/10 test (1,444 entity rows)"),
     "tfn_topic": Eval("tfn_topic", "tfn_topic", "validation", "dev_holdout rows of train (1,699)"),
     "stocknet": Eval("stocknet", "stocknet", "test", "paper's test dates (3,386)"),
-    "weak_topics": Eval("weak_topics", "weak_topics", "test", "weak ai/guidance/earnings labels (v3), hash split test"),
+    "weak_topics": Eval(
+        "weak_topics", "weak_topics", "test", "weak ai/guidance/earnings labels (v3), hash split test"
+    ),
 }
 
 EXPERIMENTS = [
