@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import REPO, SHARED_DATA, compose_train
 from training.config import ConfigError, TrainConfig, load_config, validate_train_config
@@ -40,10 +41,21 @@ def test_resume_without_checkpoint_is_refused(tmp_path):
         validate_train_config(compose_train([f"run_dir={tmp_path}", "resume=true"]))
 
 
+def _experiment_text(name: str) -> str:
+    """An experiment's yaml and that of every experiment it builds on (``defaults: - fpb_mpnet``)."""
+    text = (REPO / "configs" / "experiment" / f"{name}.yaml").read_text()
+    parents = [
+        d for d in (yaml.safe_load(text).get("defaults") or []) if isinstance(d, str) and d not in ("_self_",)
+    ]
+    return text + "".join(
+        _experiment_text(p) for p in parents if (REPO / "configs" / "experiment" / f"{p}.yaml").exists()
+    )
+
+
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_composes_and_validates(experiment, request, tmp_path):
     overrides = [f"experiment={experiment}"]
-    if "/model: mpnet" in (REPO / "configs" / "experiment" / f"{experiment}.yaml").read_text():
+    if "/model: mpnet" in _experiment_text(experiment):
         # CI has no mpnet extra: the packaged weights are the resolver's business (test_packaged_models.py)
         overrides.append(f"model.pretrained_model_name_or_path={request.getfixturevalue('tiny_mpnet')}")
     if "teacher: ???" in (REPO / "configs" / "experiment" / f"{experiment}.yaml").read_text():
