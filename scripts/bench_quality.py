@@ -102,6 +102,9 @@ EXPERIMENTS = [
     # FPB with TFNS tweets as a second sentiment source (FinGPT v3.3 trains on several at once)
     Experiment("fpb_mpnet_multi", ["experiment=fpb_mpnet_multi"], [EVALS["fpb"]], max_minutes=45),
     Experiment(
+        "fpb_mpnet_multi_s2", ["experiment=fpb_mpnet_multi", "seed=2"], [EVALS["fpb"]], max_minutes=45
+    ),
+    Experiment(
         "fpb_distill",
         ["experiment=fpb_distill", "distill.teacher={work}/fpb_mpnet_s2/model"],
         [EVALS["fpb"]],

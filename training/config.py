@@ -116,6 +116,10 @@ class ModelConfig:
     # evaluation and scoring apply it too. null: text as is.
     replace_urls: str | None = None
     pooling: str = "auto"  # auto | mean | cls | last (auto: mean for encoders, last token for decoders)
+    # What the topic head reads: chunk (the pooled chunk state, like the other heads) or attention (each
+    # topic pools the token states with its own attention weights, so a topic named in one sentence of a
+    # chunk about something else still fires; training/modeling.py)
+    topic_pooling: str = "chunk"
     head_dropout: float = 0.1
     # Dropout inside the backbone (hidden states and attention probabilities) while training. null: the
     # backbone's own rates (e.g. 0.1 for BERT models, as Hugging Face's Trainer trains them); a number sets
@@ -462,6 +466,8 @@ def validate_train_config(config: TrainConfig) -> None:
         )
     if model.pooling not in ("auto", "mean", "cls", "last"):
         problems.append(f"model.pooling='{model.pooling}' must be auto, mean, cls or last")
+    if model.topic_pooling not in ("chunk", "attention"):
+        problems.append(f"model.topic_pooling='{model.topic_pooling}' must be chunk or attention")
     if model.dtype not in ("float32", "bfloat16", "float16"):
         problems.append(f"model.dtype='{model.dtype}' must be float32, bfloat16 or float16")
     if model.max_length < 8:

@@ -48,6 +48,9 @@ CANONICAL_FEATURES = datasets.Features(
                 "ticker": datasets.Value("string"),
                 "sentiment_score": datasets.Value("float32"),
                 "aliases": datasets.Sequence(datasets.Value("string")),
+                # the score is a coarse class's point (a three-class label on a five-level scale): it
+                # teaches the class's band of the score axis, not that one point (_Encoder)
+                "coarse": datasets.Value("bool"),
             }
         ],
         "source": datasets.Value("string"),
@@ -181,20 +184,22 @@ class _Canonicalizer:
                     if _is_missing(e.get("sentiment_score"))
                     else e["sentiment_score"],
                     "aliases": list(e.get("aliases") or []),
+                    "coarse": False,
                 }
                 for e in raw
             ]
         if "ticker" not in cols or _is_missing(batch[cols["ticker"]][i]):
             return []
-        score = float("nan")
+        score, coarse = float("nan"), False
         if "ticker_score" in cols and not _is_missing(batch[cols["ticker_score"]][i]):
             score = float(batch[cols["ticker_score"]][i])
         elif "ticker_sentiment" in cols:
             label = self._label(batch[cols["ticker_sentiment"]][i], "ticker_sentiment")
             score = float("nan") if label is None else label_score(label, self.scale)
+            coarse = label is not None and self.level == "coarse" and self.ordinal.refines
         aliases = list(batch[cols["ticker_aliases"]][i] or []) if "ticker_aliases" in cols else []
         ticker = str(batch[cols["ticker"]][i])
-        return [{"ticker": ticker, "sentiment_score": score, "aliases": aliases}]
+        return [{"ticker": ticker, "sentiment_score": score, "aliases": aliases, "coarse": coarse}]
 
     def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
         cols = self.columns
@@ -272,14 +277,24 @@ def impact_calibration(source: SourceConfig) -> dict[str, Any] | None:
 
 def sentiment_level(ds: datasets.Dataset, source: SourceConfig, schema: SchemaConfig) -> str:
     """``coarse`` or ``fine``: the source's ``sentiment_level``, or for ``auto`` what its labels in ``ds``
-    say -- coarse when every one names a coarse class (a three-class source), fine otherwise."""
+    say (article and entity labels) -- coarse when every one names a coarse class (a three-class source),
+    fine otherwise."""
     if source.sentiment_level != "auto":
         return source.sentiment_level
-    column = source.columns.get("sentiment")
-    if column is None or column not in ds.column_names:
+    columns = [
+        source.columns[key]
+        for key in ("sentiment", "ticker_sentiment")
+        if key in source.columns and source.columns[key] in ds.column_names
+    ]
+    if not columns:
         return "fine"
     label_map = {str(k): v for k, v in source.label_map.items()}
-    labels = {label_map.get(str(v), str(v)) for v in ds.unique(column) if not _is_missing(v) and v != ""}
+    labels = {
+        label_map.get(str(v), str(v))
+        for column in columns
+        for v in ds.unique(column)
+        if not _is_missing(v) and v != ""
+    }
     coarse = set(Scale.of(schema).coarse)
     return "coarse" if labels and labels <= coarse else "fine"
 
@@ -327,6 +342,7 @@ class _Encoder:
         texts = [normalize(t, self.replace_urls) for t in batch["text"]]
         enc = self.tokenizer(texts, truncation=True, max_length=self.max_length, return_offsets_mapping=True)
         sentiment_id, sentiment_group, topic_targets, entity_tokens, entity_scores = [], [], [], [], []
+        entity_bands = []
         for i, text in enumerate(texts):
             label = batch["sentiment"][i]
             fine, group = (
@@ -347,7 +363,7 @@ class _Encoder:
                 )
             else:
                 topic_targets.append([])
-            tokens, scores = [], []
+            tokens, scores, bands = [], [], []
             for ent in batch["entities"][i]:
                 idx = spans_to_tokens(
                     enc["offset_mapping"][i], find_mentions(text, ent["ticker"], ent["aliases"])
@@ -357,8 +373,10 @@ class _Encoder:
                 if idx:
                     tokens.append(idx)
                     scores.append(ent["sentiment_score"])
+                    bands.append(self._band(ent["sentiment_score"], bool(ent.get("coarse"))))
             entity_tokens.append(tokens)
             entity_scores.append(scores)
+            entity_bands.append(bands)
         return {
             "input_ids": enc["input_ids"],
             "attention_mask": enc["attention_mask"],
@@ -367,7 +385,19 @@ class _Encoder:
             "topic_targets": topic_targets,
             "entity_tokens": entity_tokens,
             "entity_scores": entity_scores,
+            "entity_bands": entity_bands,
         }
+
+    def _band(self, score: float | None, coarse: bool) -> list[float]:
+        """[low, high] of an entity's target on the score axis: the point itself, or for a coarse label the
+        span of its class's labels (five levels: "positive" -> [0.5, 1], positive or strongly positive), so a
+        three-class entity label never teaches "not strong" (the ticker loss is the distance to the span)."""
+        if score is None or _is_missing(score) or not coarse:
+            value = float("nan") if score is None else float(score)
+            return [value, value]
+        points = np.linspace(-1.0, 1.0, len(self.scale))
+        members = self.ordinal.members[int(self.ordinal.group_of[int(np.abs(points - score).argmin())])]
+        return [float(points[members[0]]), float(points[members[-1]])]
 
 
 def label_counts(ds: datasets.Dataset, schema: SchemaConfig) -> dict[str, Any]:
@@ -422,6 +452,7 @@ MODEL_COLUMNS = [
     "topic_targets",
     "entity_tokens",
     "entity_scores",
+    "entity_bands",
 ]
 
 
@@ -566,6 +597,7 @@ class Collator:
         attention_mask = torch.zeros((batch_size, length), dtype=torch.long)
         entity_mask = torch.zeros((batch_size, n_entities, length), dtype=torch.bool)
         entity_scores = torch.full((batch_size, n_entities), float("nan"))
+        entity_bands = torch.full((batch_size, n_entities, 2), float("nan"))
         topics = torch.full((batch_size, self.n_topics), float("nan"))
         for b, row in enumerate(rows):
             n = len(row["input_ids"])
@@ -574,6 +606,8 @@ class Collator:
             for e, tokens in enumerate(row.get("entity_tokens") or []):
                 entity_mask[b, e, tokens] = True
                 entity_scores[b, e] = float(row["entity_scores"][e])
+                bands = row.get("entity_bands")
+                entity_bands[b, e] = torch.as_tensor(bands[e]) if bands else entity_scores[b, e]
             if row.get("topic_targets"):
                 topics[b] = torch.as_tensor(row["topic_targets"])
         batch = {
@@ -581,6 +615,7 @@ class Collator:
             "attention_mask": attention_mask,
             "entity_mask": entity_mask,
             "entity_scores": entity_scores,
+            "entity_bands": entity_bands,
             "topic_targets": topics,
         }
         if "row_index" in rows[0]:

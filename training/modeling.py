@@ -74,12 +74,20 @@ class NewsImpactModel(nn.Module):
 
     backbone: Any  # a transformers PreTrainedModel, or a peft PeftModel around one
 
-    def __init__(self, backbone: Any, schema: LabelSchema, pooling: str = "mean", head_dropout: float = 0.1):
+    def __init__(
+        self,
+        backbone: Any,
+        schema: LabelSchema,
+        pooling: str = "mean",
+        head_dropout: float = 0.1,
+        topic_pooling: str = "chunk",
+    ):
         super().__init__()
         hidden: int = backbone.config.hidden_size
         self.backbone = backbone
         self.schema = schema
         self.pooling = pooling
+        self.topic_pooling = topic_pooling
         self.dropout = nn.Dropout(head_dropout)
         self.heads = nn.ModuleDict(
             {
@@ -90,6 +98,13 @@ class NewsImpactModel(nn.Module):
                 "tickers": nn.Linear(2 * hidden, 1),
             }
         )
+        if topic_pooling == "attention":
+            # Label-wise attention: one query per topic over the chunk's token states. Zero-initialised,
+            # so training starts from mean pooling.
+            attention = nn.Linear(hidden, max(1, len(schema.topics)))
+            nn.init.zeros_(attention.weight)
+            nn.init.zeros_(attention.bias)
+            self.heads["topic_attention"] = attention
 
     def forward(
         self,
@@ -104,7 +119,9 @@ class NewsImpactModel(nn.Module):
             "sentiment_logits": self.heads["sentiment"](pooled),
             "sentiment_score": torch.tanh(self.heads["sentiment_score"](pooled).squeeze(-1)),
             "impact_logits": self.heads["impact"](pooled).squeeze(-1),
-            "topic_logits": self.heads["topics"](pooled)[:, : len(self.schema.topics)],
+            "topic_logits": self.heads["topics"](pooled)[:, : len(self.schema.topics)]
+            if self.topic_pooling == "chunk"
+            else self._topic_attention(hidden, attention_mask),
         }
         out["impact"] = torch.sigmoid(out["impact_logits"])
         n_entities = 0 if entity_mask is None else entity_mask.shape[1]
@@ -123,6 +140,18 @@ class NewsImpactModel(nn.Module):
             :, :n_entities
         ]  # [B, E]
         return out
+
+    def _topic_attention(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Topic logits [B, K], each from the token states pooled by that topic's attention (padding
+        excluded): a chunk whose second sentence reports results reads "earnings" off that sentence rather
+        than off the average of the whole chunk."""
+        scores = self.heads["topic_attention"](hidden).float()  # [B, T, K]
+        scores = scores.masked_fill(~attention_mask.bool().unsqueeze(-1), torch.finfo(scores.dtype).min)
+        weights = scores.softmax(dim=1).to(hidden.dtype)
+        per_topic = self.dropout(torch.einsum("btk,bth->bkh", weights, hidden))  # [B, K, H]
+        head = self.heads["topics"]
+        logits = (per_topic * head.weight.unsqueeze(0)).sum(-1) + head.bias
+        return logits[:, : len(self.schema.topics)]
 
 
 def balanced_class_weights(labels: torch.Tensor, n_classes: int, power: float = 1.0) -> torch.Tensor:
@@ -217,7 +246,12 @@ def compute_losses(
     )
     ent_y = batch["entity_scores"]
     ent_mask = ~torch.isnan(ent_y)
-    ticker_loss = (out["ticker_score"] - torch.nan_to_num(ent_y)) ** 2
+    # squared distance to the target's band: a point, or a coarse class's span (training.data._Encoder._band)
+    bands = batch.get("entity_bands")
+    low, high = (bands[..., 0], bands[..., 1]) if bands is not None else (ent_y, ent_y)
+    score = out["ticker_score"]
+    nearest = torch.maximum(torch.minimum(score, torch.nan_to_num(high)), torch.nan_to_num(low))
+    ticker_loss = (score - nearest) ** 2
     losses["tickers"] = (
         _masked_mean(ticker_loss, ent_mask) if ent_mask.any() else out["ticker_score"].sum() * 0.0
     )
@@ -371,7 +405,13 @@ def build_model(model_cfg: ModelConfig, peft_cfg: PeftConfig, schema: LabelSchem
     backbone = apply_peft(backbone, peft_cfg)
     if model_cfg.backbone_dropout is not None:
         set_backbone_dropout(backbone, model_cfg.backbone_dropout)
-    return NewsImpactModel(backbone, schema, pooling=pooling, head_dropout=model_cfg.head_dropout)
+    return NewsImpactModel(
+        backbone,
+        schema,
+        pooling=pooling,
+        head_dropout=model_cfg.head_dropout,
+        topic_pooling=model_cfg.topic_pooling,
+    )
 
 
 def set_backbone_dropout(backbone: nn.Module, p: float) -> int:
@@ -451,6 +491,12 @@ def load_trained(folder: str | os.PathLike[str], dtype: str | None = None) -> Ne
         else:  # peft.method=none: the run saved the whole fine-tuned backbone
             backbone = AutoModel.from_pretrained(weights, dtype=torch_dtype)
     detach_pooler(backbone)
-    model = NewsImpactModel(backbone, schema, pooling=meta["pooling"], head_dropout=0.0)
+    model = NewsImpactModel(
+        backbone,
+        schema,
+        pooling=meta["pooling"],
+        head_dropout=0.0,
+        topic_pooling=meta.get("topic_pooling", "chunk"),  # files written before it existed: chunk
+    )
     _load_heads(model, path)
     return model.eval()

@@ -158,3 +158,35 @@ def test_int8_onnx_agrees_with_fp32_on_labels(exported, tmp_path):
     differ = fp32.argmax(1) != q.argmax(1)
     top2 = np.sort(fp32, axis=1)[:, -2:]
     assert (differ.mean() <= 0.1) and (top2[differ, 1] - top2[differ, 0] < 0.05).all()
+
+
+def test_topic_attention_runs_exports_and_scores_the_same(tiny_bert, tmp_path):
+    """model.topic_pooling=attention end to end: trained, saved in newsimpact.json, every export format
+    rebuilds it (the queries are in heads.safetensors) and scores topics as the run's adapter does."""
+    from tests.conftest import compose_train, tiny_overrides
+    from training.train import run as train
+
+    run_dir = tmp_path / "run"
+    config = compose_train(
+        tiny_overrides(tiny_bert, run_dir)
+        + ["trainer.max_steps=4", "trainer.max_epochs=-1", "model.topic_pooling=attention"]
+    )
+    train(config, run_dir)
+    meta = json.loads((run_dir / "adapter" / "newsimpact.json").read_text())
+    assert meta["topic_pooling"] == "attention"
+    articles = _articles(12)
+    topics = {}
+    for fmt in ("merged", "onnx"):
+        folder = run(
+            ExportConfig(
+                run_dir=str(run_dir), output_dir=str(tmp_path / fmt), export=ExportOptions(format=fmt)
+            )
+        )
+        assert json.loads((folder / "newsimpact.json").read_text())["topic_pooling"] == "attention"
+        records = Scorer(str(folder), max_chunks=4).score(articles)
+        topics[fmt] = np.array([[t["score"] for t in r["topic_scores"]] for r in records])
+    reference = Scorer(str(run_dir / "adapter"), max_chunks=4).score(articles)
+    reference_topics = np.array([[t["score"] for t in r["topic_scores"]] for r in reference])
+    assert reference_topics.shape[1] > 0
+    assert np.abs(topics["merged"] - reference_topics).max() < 1e-4
+    assert np.abs(topics["onnx"] - reference_topics).max() < 1e-3

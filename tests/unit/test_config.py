@@ -25,11 +25,19 @@ def test_bad_type_names_the_key():
 
 
 def test_validation_collects_every_problem(tmp_path):
-    config = compose_train(["peft.r=0", "model.pooling=max", f"data.sources.sample.root={tmp_path}/nope"])
+    config = compose_train(
+        [
+            "peft.r=0",
+            "model.pooling=max",
+            "model.topic_pooling=max",
+            f"data.sources.sample.root={tmp_path}/nope",
+        ]
+    )
     with pytest.raises(ConfigError) as err:
         validate_train_config(config)
     text = str(err.value)
     assert "peft.r" in text and "model.pooling" in text and "data.sources.sample.root" in text
+    assert "model.topic_pooling='max' must be chunk or attention" in text
 
 
 def test_default_config_validates():

@@ -64,7 +64,46 @@ def test_entity_label_becomes_scale_position():
     schema = SchemaConfig(sentiment_labels=SCALE, topics=[])
     source = SourceConfig(columns={"text": "t", "ticker": "e", "ticker_sentiment": "l"})
     out = to_canonical(_raw([{"t": "Acme up", "e": "Acme", "l": "positive"}]), "s", source, schema)
-    assert out["entities"][0] == [{"ticker": "Acme", "sentiment_score": 0.5, "aliases": []}]
+    # every entity label of this source names a coarse class: a three-class source on five levels
+    assert out["entities"][0] == [{"ticker": "Acme", "sentiment_score": 0.5, "aliases": [], "coarse": True}]
+    fine = to_canonical(
+        _raw(
+            [
+                {"t": "Acme up", "e": "Acme", "l": "positive"},
+                {"t": "Acme soars", "e": "Acme", "l": "strongly positive"},
+            ]
+        ),
+        "s",
+        source,
+        schema,
+    )
+    assert [e[0]["coarse"] for e in fine["entities"]] == [False, False]
+
+
+def test_coarse_entity_labels_teach_their_class_span(tokenizer):
+    """On five levels a three-class entity label "positive" is positive-or-strongly-positive: its target is
+    the span [0.5, 1] of the score axis; fine labels and continuous scores stay points; on a three-label
+    scale nothing changes."""
+    source = SourceConfig(columns={"text": "t", "ticker": "e", "ticker_sentiment": "l"})
+    rows = [
+        {"t": "Acme up", "e": "Acme", "l": "positive"},
+        {"t": "Acme flat", "e": "Acme", "l": "neutral"},
+        {"t": "Acme down", "e": "Acme", "l": "negative"},
+    ]
+    five = SchemaConfig(sentiment_labels=SCALE, topics=[])
+    enc = encode(to_canonical(_raw(rows), "s", source, five), tokenizer, five, 16)
+    assert enc["entity_scores"] == [[0.5], [0.0], [-0.5]]
+    assert enc["entity_bands"] == [[[0.5, 1.0]], [[0.0, 0.0]], [[-1.0, -0.5]]]
+    three = SchemaConfig(sentiment_labels=["negative", "neutral", "positive"], topics=[])
+    enc3 = encode(to_canonical(_raw(rows), "s", source, three), tokenizer, three, 16)
+    assert enc3["entity_bands"] == [[[1.0, 1.0]], [[0.0, 0.0]], [[-1.0, -1.0]]]
+    scored = SourceConfig(columns={"text": "t", "ticker": "e", "ticker_score": "v"})
+    enc_s = encode(
+        to_canonical(_raw([{"t": "Acme up", "e": "Acme", "v": 0.3}]), "s", scored, five), tokenizer, five, 16
+    )
+    assert enc_s["entity_bands"][0][0] == pytest.approx([0.3, 0.3])
+    batch = Collator(tokenizer.pad_token_id, n_topics=0)([enc[i] for i in range(3)])
+    assert batch["entity_bands"].tolist() == [[[0.5, 1.0]], [[0.0, 0.0]], [[-1.0, -0.5]]]
 
 
 def test_encode_finds_mention_tokens_and_masks_missing_labels(tokenizer):
@@ -194,7 +233,7 @@ def test_entity_table_gives_the_ticker_and_every_name(tmp_path, tokenizer):
     out = to_canonical(_raw(rows), "s", source, schema)
     infy, acme = out["entities"][0][0], out["entities"][1][0]
     assert infy["ticker"] == "INFY" and set(infy["aliases"]) == {"infosys", "Infosys Ltd.", "Infosys"}
-    assert acme == {"ticker": "Acme", "sentiment_score": -1.0, "aliases": []}
+    assert acme == {"ticker": "Acme", "sentiment_score": -1.0, "aliases": [], "coarse": False}
     # Both the name and the symbol are pooled for the entity.
     enc = encode(out, tokenizer, schema, 32)
     tokens = tokenizer.convert_ids_to_tokens([enc[0]["input_ids"][i] for i in enc[0]["entity_tokens"][0]])

@@ -91,6 +91,29 @@ def test_loss_masks_heads_without_labels(tiny_bert):
     assert torch.allclose(losses["sentiment"], ce)
 
 
+def test_ticker_loss_is_the_distance_to_the_label_span():
+    """A coarse entity label's span costs nothing inside it (0.8 is a fine "positive or strongly positive"),
+    the distance outside it; a point target (no bands, e.g. an older encoded cache) is plain squared error."""
+    scores = torch.tensor([[0.8, 0.3, -0.2, 0.1]])
+    out = {
+        "sentiment_logits": torch.zeros(1, 3),
+        "sentiment_score": torch.zeros(1),
+        "impact_logits": torch.zeros(1),
+        "topic_logits": torch.zeros(1, 3),
+        "ticker_score": scores,
+    }
+    batch = {
+        **_sentiment_only_batch([-100]),
+        "entity_scores": torch.tensor([[0.5, 0.5, 0.0, float("nan")]]),
+        "entity_bands": torch.tensor([[[0.5, 1.0], [0.5, 1.0], [0.0, 0.0], [float("nan")] * 2]]),
+    }
+    losses = compute_losses(out, batch, LossConfig())
+    assert losses["tickers"].item() == pytest.approx((0.0 + 0.2**2 + 0.2**2) / 3)
+    del batch["entity_bands"]
+    points = compute_losses(out, batch, LossConfig())
+    assert points["tickers"].item() == pytest.approx((0.3**2 + 0.2**2 + 0.2**2) / 3)
+
+
 def _sentiment_only_batch(labels):
     n = len(labels)
     return {
@@ -257,3 +280,34 @@ def test_byte_dropout_is_dropout_with_p_rounded_to_1_256(tiny_bert):
     plain_lora = [m for n, m in plain.named_modules() if "lora_dropout." in n]
     assert fast_lora and all(isinstance(m, ByteDropout) and m.p == 0.05 for m in fast_lora)
     assert len(plain_lora) == len(fast_lora) and all(type(m) is torch.nn.Dropout for m in plain_lora)
+
+
+def test_topic_attention_starts_as_mean_pooling_and_ignores_padding(tiny_bert):
+    """Label-wise topic attention: zero-initialised it is the mean-pooled topic head; padding gets no
+    attention; once a topic's query prefers some tokens, that topic reads them and the others do not move."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(pretrained_model_name_or_path=tiny_bert)
+    chunk = build_model(cfg, PeftConfig(r=4), SCHEMA).eval()
+    attention = build_model(
+        ModelConfig(pretrained_model_name_or_path=tiny_bert, topic_pooling="attention"),
+        PeftConfig(r=4),
+        SCHEMA,
+    ).eval()
+    attention.load_state_dict(chunk.state_dict(), strict=False)  # same backbone and heads; fresh queries
+    assert "topic_attention" in attention.heads and "topic_attention" not in chunk.heads
+    tok = load_tokenizer(tiny_bert)
+    ids, attn, _ = _batch(
+        tok, ["Acme beats estimates", "Acme beats estimates on strong cloud demand"], [[], []]
+    )
+    with torch.no_grad():
+        same = attention(ids, attn)["topic_logits"]
+        assert torch.allclose(same, chunk(ids, attn)["topic_logits"], atol=1e-5)
+        # the first row is padded: its logits equal those of the row alone
+        alone = attention(ids[:1, : int(attn[0].sum())], attn[:1, : int(attn[0].sum())])["topic_logits"]
+        assert torch.allclose(same[:1], alone, atol=1e-5)
+        hidden = attention.backbone(input_ids=ids, attention_mask=attn).last_hidden_state
+        attention.heads["topic_attention"].weight[0] = hidden[1, 3] * 50  # "earnings" looks at one token
+        moved = attention(ids, attn)["topic_logits"]
+    assert not torch.allclose(moved[1, 0], same[1, 0], atol=1e-3)
+    assert torch.allclose(moved[:, 1:], same[:, 1:], atol=1e-5)
+    assert ModelConfig().topic_pooling == "chunk"
