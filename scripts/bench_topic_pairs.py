@@ -22,7 +22,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import yaml
 
@@ -44,7 +43,9 @@ def dev_tweets(data: Path) -> list[tuple[str, str]]:
     topic_map = config["sources"]["tfn_topic"]["topic_map"]
     frame = pd.read_parquet(data / "tfn_topic" / "train.parquet", columns=["text", "label", "dev_holdout"])
     frame = frame[frame["dev_holdout"]]
-    return [(t, topic_map[c]) for t, c in zip(frame["text"], frame["label"]) if isinstance(t, str) and t.strip()]
+    return [
+        (t, topic_map[c]) for t, c in zip(frame["text"], frame["label"]) if isinstance(t, str) and t.strip()
+    ]
 
 
 def make_pairs(tweets: list[tuple[str, str]], n: int, seed: int) -> list[tuple[int, int]]:
@@ -130,7 +131,9 @@ def markdown(info: dict, result: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model-dir", required=True)
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
     parser.add_argument("--pairs", type=int, default=1000)
