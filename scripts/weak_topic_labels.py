@@ -7,7 +7,8 @@ FNSPID headlines, FPB sentences of FinGPT's training split: no held-out evaluati
 labels it with ``training.weak_labels.label``, and writes OUT/{train,validation,test}.parquet (``text``,
 ``topics``, ``corpus``, ``set``) in two sets, each labelled for its own topics only (:data:`SETS`): every
 text an ai or guidance rule fires on, and ``--max-earnings`` of those the earnings rules fire on, each with
-twice as many texts where no rule fires (seeded). ``--sample`` positives per topic (seeded) go to OUT/sample_<topic>.jsonl for a
+twice as many texts where no rule fires (seeded); and ``--pairs`` joined TFN-topic tweets labelled on every
+topic (:func:`tfn_pairs`). ``--sample`` positives per topic (seeded) go to OUT/sample_<topic>.jsonl for a
 person to read. Train on it with data=weak_topics (NEWSIMPACT_WEAK_TOPICS=OUT) or the mix experiment.
 """
 
@@ -49,6 +50,48 @@ def corpora(data: Path) -> dict[str, list[str]]:
 SETS = {"ai_guidance": ("ai", "guidance"), "earnings": ("earnings",)}
 
 
+def tfn_pairs(data: Path, n: int):
+    """``n`` training rows that each join two TFN-topic training tweets, labelled on every topic (set
+    ``pairs``).
+
+    TFN's tweets carry one topic each, and its 20 classes are exhaustive, so a pair's topics are known
+    exactly: the union of the two tweets' classes (mapped as configs/data/tfn_topic.yaml maps them) and of
+    the weak rules' topics of the joined text; every other topic is a "no". Single-topic tweets never
+    show the model a text about two things (a wire story about AI revenue is about AI and results at
+    once); joining texts without labelling the other topics (tried) made every topic fire on long text.
+    Half the pairs start from a tweet an ai or guidance rule fires on, half of those joined with one of
+    TFN's earnings tweets (news about AI or guidance next to results). Only tweets the tfn_topic source
+    trains on (``dev_holdout`` false), written to the training split.
+    """
+    import pandas as pd
+    import yaml
+
+    from training.weak_labels import label
+
+    config = yaml.safe_load((ROOT / "configs" / "data" / "tfn_topic.yaml").read_text())
+    topic_map = config["sources"]["tfn_topic"]["topic_map"]
+    tfn = pd.read_parquet(data / "tfn_topic" / "train.parquet", columns=["text", "label", "dev_holdout"])
+    tweets = [
+        (t, topic_map[c]) for t, c, held in tfn.itertuples(index=False) if not held and isinstance(t, str)
+    ]
+    weak = [i for i, (t, _) in enumerate(tweets) if set(label(t)) & {"ai", "guidance"}]
+    rng = random.Random(17)
+    out = []
+    results = [i for i, (_, topic) in enumerate(tweets) if topic == "earnings"]
+    for k in range(n):
+        a = tweets[rng.choice(weak)] if k % 4 < 2 and weak else rng.choice(tweets)
+        b = tweets[rng.choice(results)] if k % 4 == 0 and results else rng.choice(tweets)
+        if a[0] == b[0]:
+            continue
+        a, b = (a, b) if rng.random() < 0.5 else (b, a)
+        text = f"{a[0]} {b[0]}"
+        topics = {a[1], b[1], *label(text)}
+        out.append(
+            {"text": text, "topics": sorted(topics), "corpus": "tfn_topic", "set": "pairs", "split": "train"}
+        )
+    return pd.DataFrame(out, columns=["text", "topics", "corpus", "set", "split"])
+
+
 def _positives(frame, topic: str) -> int:
     """Rows positive for ``topic`` in the set that labels it."""
     mine = frame[frame["set"].map(lambda s: topic in SETS.get(s, ()))]
@@ -62,6 +105,7 @@ def main() -> None:
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
     parser.add_argument("--out", default="weak_topics")
     parser.add_argument("--sample", type=int, default=100)
+    parser.add_argument("--pairs", type=int, default=1000, help="joined TFN-topic tweets (tfn_pairs())")
     parser.add_argument(
         "--max-earnings", type=int, default=1000, help="texts of the earnings set the rules fire on (seeded)"
     )
@@ -94,6 +138,7 @@ def main() -> None:
         rows += positives + [dict(r, set=name) for r in rng.sample(negatives, 2 * len(positives))]
     frame = pd.DataFrame(rows)
     frame["split"] = frame["text"].map(split_of)
+    frame = pd.concat([frame, tfn_pairs(Path(args.data), args.pairs)], ignore_index=True)
     for split, part in frame.groupby("split"):
         part.drop(columns="split").to_parquet(out / f"{split}.parquet", index=False)
     summary = {

@@ -149,7 +149,7 @@ class NewsImpactModel(nn.Module):
         scores = scores.masked_fill(~attention_mask.bool().unsqueeze(-1), torch.finfo(scores.dtype).min)
         weights = scores.softmax(dim=1).to(hidden.dtype)
         per_topic = self.dropout(torch.einsum("btk,bth->bkh", weights, hidden))  # [B, K, H]
-        head = self.heads["topics"]
+        head: nn.Linear = self.heads["topics"]  # type: ignore[assignment]
         logits = (per_topic * head.weight.unsqueeze(0)).sum(-1) + head.bias
         return logits[:, : len(self.schema.topics)]
 
