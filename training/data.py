@@ -337,6 +337,9 @@ class _Encoder:
         self.ordinal = Scale.of(schema)
         self.topics = list(schema.topics)
         self.scope: set[str] | None = None  # set by encode(): topics outside it stay unlabelled (NaN)
+        # part of the ``datasets`` fingerprint (the class's code is not): bump when the targets change, so
+        # no cached encoding of an older layout is reused (3: entity bands carry their unit)
+        self.targets_version = 3
 
     def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
         texts = [normalize(t, self.replace_urls) for t in batch["text"]]
@@ -389,15 +392,22 @@ class _Encoder:
         }
 
     def _band(self, score: float | None, coarse: bool) -> list[float]:
-        """[low, high] of an entity's target on the score axis: the point itself, or for a coarse label the
-        span of its class's labels (five levels: "positive" -> [0.5, 1], positive or strongly positive), so a
-        three-class entity label never teaches "not strong" (the ticker loss is the distance to the span)."""
+        """[low, high, unit] of an entity's target on the score axis.
+
+        [low, high]: the point itself, or for a coarse label the span of its class's labels (five levels:
+        "positive" -> [0.5, 1], positive or strongly positive), so a three-class entity label never teaches
+        "not strong" (the ticker loss is the distance to the span). ``unit``: the length that counts as one
+        step of the label's own scale. A coarse label is taught on the coarse classes' axis, where adjacent
+        classes are one step apart: on five levels the gap between "neutral" (0) and the nearest
+        "positive" (0.5) is 0.5, so distances count double, as a three-label scale's would (its step is 1).
+        Fine labels and continuous scores keep unit 1; a three-label scale is unchanged."""
         if score is None or _is_missing(score) or not coarse:
             value = float("nan") if score is None else float(score)
-            return [value, value]
+            return [value, value, 1.0]
         points = np.linspace(-1.0, 1.0, len(self.scale))
         members = self.ordinal.members[int(self.ordinal.group_of[int(np.abs(points - score).argmin())])]
-        return [float(points[members[0]]), float(points[members[-1]])]
+        unit = (len(self.ordinal.coarse) - 1) / (len(self.scale) - 1)
+        return [float(points[members[0]]), float(points[members[-1]]), unit]
 
 
 def label_counts(ds: datasets.Dataset, schema: SchemaConfig) -> dict[str, Any]:
@@ -597,7 +607,7 @@ class Collator:
         attention_mask = torch.zeros((batch_size, length), dtype=torch.long)
         entity_mask = torch.zeros((batch_size, n_entities, length), dtype=torch.bool)
         entity_scores = torch.full((batch_size, n_entities), float("nan"))
-        entity_bands = torch.full((batch_size, n_entities, 2), float("nan"))
+        entity_bands = torch.full((batch_size, n_entities, 3), float("nan"))  # low, high, unit
         topics = torch.full((batch_size, self.n_topics), float("nan"))
         for b, row in enumerate(rows):
             n = len(row["input_ids"])
@@ -607,7 +617,8 @@ class Collator:
                 entity_mask[b, e, tokens] = True
                 entity_scores[b, e] = float(row["entity_scores"][e])
                 bands = row.get("entity_bands")
-                entity_bands[b, e] = torch.as_tensor(bands[e]) if bands else entity_scores[b, e]
+                band = list(bands[e]) if bands else [entity_scores[b, e].item()] * 2
+                entity_bands[b, e] = torch.as_tensor((band + [1.0])[:3])  # older caches: no unit
             if row.get("topic_targets"):
                 topics[b] = torch.as_tensor(row["topic_targets"])
         batch = {

@@ -246,12 +246,14 @@ def compute_losses(
     )
     ent_y = batch["entity_scores"]
     ent_mask = ~torch.isnan(ent_y)
-    # squared distance to the target's band: a point, or a coarse class's span (training.data._Encoder._band)
+    # squared distance to the target's band (a point, or a coarse class's span) in steps of the label's own
+    # scale (training.data._Encoder._band)
     bands = batch.get("entity_bands")
     low, high = (bands[..., 0], bands[..., 1]) if bands is not None else (ent_y, ent_y)
+    unit = bands[..., 2] if bands is not None and bands.shape[-1] > 2 else torch.ones_like(ent_y)
     score = out["ticker_score"]
     nearest = torch.maximum(torch.minimum(score, torch.nan_to_num(high)), torch.nan_to_num(low))
-    ticker_loss = (score - nearest) ** 2
+    ticker_loss = ((score - nearest) / torch.nan_to_num(unit, nan=1.0)) ** 2
     losses["tickers"] = (
         _masked_mean(ticker_loss, ent_mask) if ent_mask.any() else out["ticker_score"].sum() * 0.0
     )

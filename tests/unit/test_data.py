@@ -82,8 +82,8 @@ def test_entity_label_becomes_scale_position():
 
 def test_coarse_entity_labels_teach_their_class_span(tokenizer):
     """On five levels a three-class entity label "positive" is positive-or-strongly-positive: its target is
-    the span [0.5, 1] of the score axis; fine labels and continuous scores stay points; on a three-label
-    scale nothing changes."""
+    the span [0.5, 1] of the score axis, measured in steps of the coarse axis (0.5); fine labels and
+    continuous scores stay points in unit steps; on a three-label scale nothing changes."""
     source = SourceConfig(columns={"text": "t", "ticker": "e", "ticker_sentiment": "l"})
     rows = [
         {"t": "Acme up", "e": "Acme", "l": "positive"},
@@ -93,17 +93,21 @@ def test_coarse_entity_labels_teach_their_class_span(tokenizer):
     five = SchemaConfig(sentiment_labels=SCALE, topics=[])
     enc = encode(to_canonical(_raw(rows), "s", source, five), tokenizer, five, 16)
     assert enc["entity_scores"] == [[0.5], [0.0], [-0.5]]
-    assert enc["entity_bands"] == [[[0.5, 1.0]], [[0.0, 0.0]], [[-1.0, -0.5]]]
+    # coarse labels count distances in steps of the coarse axis: neutral (0) to "positive" (0.5) is one
+    assert enc["entity_bands"] == [[[0.5, 1.0, 0.5]], [[0.0, 0.0, 0.5]], [[-1.0, -0.5, 0.5]]]
     three = SchemaConfig(sentiment_labels=["negative", "neutral", "positive"], topics=[])
     enc3 = encode(to_canonical(_raw(rows), "s", source, three), tokenizer, three, 16)
-    assert enc3["entity_bands"] == [[[1.0, 1.0]], [[0.0, 0.0]], [[-1.0, -1.0]]]
+    assert enc3["entity_bands"] == [[[1.0, 1.0, 1.0]], [[0.0, 0.0, 1.0]], [[-1.0, -1.0, 1.0]]]
     scored = SourceConfig(columns={"text": "t", "ticker": "e", "ticker_score": "v"})
     enc_s = encode(
         to_canonical(_raw([{"t": "Acme up", "e": "Acme", "v": 0.3}]), "s", scored, five), tokenizer, five, 16
     )
-    assert enc_s["entity_bands"][0][0] == pytest.approx([0.3, 0.3])
+    assert enc_s["entity_bands"][0][0] == pytest.approx([0.3, 0.3, 1.0])
     batch = Collator(tokenizer.pad_token_id, n_topics=0)([enc[i] for i in range(3)])
-    assert batch["entity_bands"].tolist() == [[[0.5, 1.0]], [[0.0, 0.0]], [[-1.0, -0.5]]]
+    assert batch["entity_bands"].tolist() == [[[0.5, 1.0, 0.5]], [[0.0, 0.0, 0.5]], [[-1.0, -0.5, 0.5]]]
+    # an encoding cached before bands had a unit reads as unit 1
+    old = [{**enc[i], "entity_bands": [b[:2] for b in enc[i]["entity_bands"]]} for i in range(3)]
+    assert Collator(tokenizer.pad_token_id, n_topics=0)(old)["entity_bands"][..., 2].tolist() == [[1.0]] * 3
 
 
 def test_encode_finds_mention_tokens_and_masks_missing_labels(tokenizer):
