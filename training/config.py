@@ -519,9 +519,41 @@ def validate_train_config(config: TrainConfig) -> None:
             f"resume=true but {config.run_dir}/checkpoints/last.ckpt does not exist; "
             "drop resume=true or point run_dir at the run to continue"
         )
+    _check_monitor(config, problems)
     _check_distill(config, problems)
     if problems:
         raise ConfigError(problems)
+
+
+def monitor_keys(schema: SchemaConfig) -> list[str]:
+    """Every metric a run can select its checkpoint on (``val/`` + training.module.HeadMetrics' names): the
+    three-class ``sentiment_coarse_*`` only on a scale finer than its projection, topics only with topics."""
+    from training.scale import Scale
+
+    keys = ["loss", "sentiment_acc", "sentiment_f1_macro"]
+    try:
+        if Scale.of(schema).refines:
+            keys += ["sentiment_coarse_acc", "sentiment_coarse_f1_macro"]
+    except ValueError:  # reported by validate_train_config
+        pass
+    keys += [f"{head}_{m}" for head in ("sentiment_score", "impact", "tickers") for m in ("mae", "spearman")]
+    if schema.topics:
+        keys += ["topics_f1_micro", "topics_f1_macro"]
+    return [f"val/{k}" for k in keys]
+
+
+def _check_monitor(config: TrainConfig, problems: list[str]) -> None:
+    """A monitor no validation logs would stop the run at its first validation, after the work."""
+    ckpt = config.checkpoint
+    if ckpt.mode not in ("max", "min"):
+        problems.append(f"checkpoint.mode='{ckpt.mode}' must be max or min")
+    if ckpt.monitor is None:
+        return
+    keys = monitor_keys(config.schema)
+    if ckpt.monitor not in keys:
+        problems.append(
+            f"checkpoint.monitor='{ckpt.monitor}' is never logged with this schema; one of: {', '.join(keys)}"
+        )
 
 
 DISTILL_HEADS = ("sentiment", "sentiment_score", "impact", "topics")

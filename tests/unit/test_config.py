@@ -131,3 +131,50 @@ def test_sweep_config_composes_with_its_own_trial_folders():
     assert set(sweeper.params) == {"peft.r", "peft.lora_alpha", "peft.lora_dropout", "optim.lr"}
     subdir = OmegaConf.to_container(cfg.hydra.sweep, resolve=False)["subdir"]
     assert str(cfg.hydra.mode).endswith("MULTIRUN") and subdir.startswith("trial-${now:")
+
+
+def test_a_monitor_no_validation_logs_is_refused():
+    """A three-label scale has no three-class projection to select on; a typo in the key is caught too."""
+    three = ["schema.sentiment_labels=[negative,neutral,positive]"]
+    with pytest.raises(ConfigError) as err:
+        validate_train_config(compose_train([*three, "checkpoint.monitor=val/sentiment_coarse_f1_macro"]))
+    assert "checkpoint.monitor='val/sentiment_coarse_f1_macro' is never logged" in str(err.value)
+    assert "val/sentiment_f1_macro" in str(err.value)  # what to pick instead
+    with pytest.raises(ConfigError, match="checkpoint.mode='maximum' must be max or min"):
+        validate_train_config(compose_train(["checkpoint.mode=maximum"]))
+    validate_train_config(compose_train(["checkpoint.monitor=val/sentiment_coarse_f1_macro"]))  # five levels
+    validate_train_config(compose_train([*three, "checkpoint.monitor=val/sentiment_f1_macro"]))
+
+
+@pytest.mark.parametrize("labels", [["negative", "neutral", "positive"], None])
+def test_every_validation_metric_is_a_monitor_key(labels):
+    """The names HeadMetrics logs (with every head labelled) are exactly what validation accepts."""
+    import torch
+
+    from training.config import SchemaConfig, monitor_keys
+    from training.module import HeadMetrics
+    from training.scale import Scale
+
+    schema = SchemaConfig(**({"sentiment_labels": labels} if labels else {}))
+    scale = Scale.of(schema)
+    k, t = len(scale.labels), len(schema.topics)
+    metrics = HeadMetrics(k, t, torch.as_tensor(scale.membership).float() if scale.refines else None)
+    out = {
+        "sentiment_logits": torch.randn(4, k),
+        "sentiment_score": torch.rand(4),
+        "impact": torch.rand(4),
+        "ticker_score": torch.rand(4, 1),
+        "topic_logits": torch.randn(4, t),
+    }
+    batch = {
+        "sentiment_id": torch.tensor([0, 1, 2, 1]),
+        "sentiment_group": torch.tensor([0, 1, 2, 1]),
+        "sentiment_score": torch.rand(4),
+        "impact": torch.rand(4),
+        "entity_scores": torch.rand(4, 1),
+        "topic_targets": (torch.rand(4, t) > 0.5).float(),
+    }
+    metrics.update(out, batch)
+    assert sorted(f"val/{key}" for key in metrics.compute()) == sorted(
+        set(monitor_keys(schema)) - {"val/loss"}
+    )
