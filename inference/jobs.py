@@ -14,9 +14,11 @@ talking to each other:
   record exists and every part it lists does. Part names are fixed by the plan, so a unit scored twice
   (a slow worker whose claim was taken over) replaces its parts with the same rows: each input row
   still appears exactly once.
-- ``_workers/<worker>.json``: what each worker did in this run (rows, units, seconds); the manifest
-  lists them (``this_run.workers``) and they move to ``_workers/previous/`` once a manifest has
-  reported them.
+- ``_workers/<worker>.json``: what each worker did in this run (rows, units, seconds), written when it
+  ends; every manifest lists them all (``this_run.workers``), so the last worker to end writes the whole
+  list. They move to ``_workers/previous/`` when a worker starts on a job whose manifest says complete (a
+  rerun begins a new run), never when a manifest is written: a worker still ending (its last unit done,
+  its record not yet written) would otherwise find the others' records gone.
 """
 
 from __future__ import annotations
@@ -237,14 +239,23 @@ def this_run_workers(out: Path) -> list[dict[str, Any]]:
     return sorted(records, key=lambda r: r.get("started_at", ""))
 
 
-def retire_workers(out: Path, records: list[dict[str, Any]]) -> None:
-    """Workers a complete manifest has reported: the next run starts a fresh list."""
-    previous = out / WORKERS / "previous"
-    previous.mkdir(exist_ok=True)
-    for record in records:
-        path = out / WORKERS / f"{record['worker']}.json"
-        with contextlib.suppress(FileNotFoundError):
-            path.replace(previous / path.name)
+def begin_run(out: Path) -> None:
+    """A worker starting on a job whose last manifest says complete begins a new run (a rerun): the
+    finished run's worker records move to ``_workers/previous/``, so this run's manifest lists only this
+    run's workers. After an interrupted run (no complete manifest) the records stay: the rerun finishes
+    that run."""
+    with job_lock(out):
+        try:
+            finished = json.loads((out / "manifest.json").read_text()).get("complete") is True
+        except (OSError, ValueError, AttributeError):
+            finished = False
+        if not finished:
+            return
+        previous = out / WORKERS / "previous"
+        previous.mkdir(parents=True, exist_ok=True)
+        for path in (out / WORKERS).glob("*.json"):
+            with contextlib.suppress(FileNotFoundError):
+                path.replace(previous / path.name)
 
 
 @contextlib.contextmanager

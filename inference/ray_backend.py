@@ -97,6 +97,7 @@ def run_ray(config: Any, files: list[str], precision: str) -> dict[str, Any]:
     opts = config.inference
     out = Path(config.output_dir)
     job = open_job(config, files, out, precision)
+    jobs.begin_run(out)  # a rerun of a finished job: its manifest lists this run's workers
     done = jobs.done_units(out)
     todo = [u for u in jobs.claim_order(jobs.units_of(job)) if u.name not in done]
     started = time.time()

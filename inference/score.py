@@ -692,6 +692,7 @@ def run(config: ScoreConfig, files: list[str], single_process: bool = False) -> 
         if rank == 0:  # plans (and replaces, with overwrite) before the other ranks look
             try:
                 open_job(config, files, out, precision)
+                jobs.begin_run(out)  # a rerun of a finished job: its manifest lists this run's workers
             except ConfigError as err:
                 problem = err.problems
         if dist:
@@ -743,7 +744,6 @@ def finish(config: ScoreConfig, out: Path, job: dict[str, Any], files: list[str]
         rate = totals["errors"] / totals["rows"] if totals["rows"] else 0.0
         failed = config.inference.max_error_rate is not None and rate > config.inference.max_error_rate
         if complete:
-            jobs.retire_workers(out, workers)
             for leftover in ("_progress", jobs.CLAIMS):
                 for path in (out / leftover).glob("*.json"):
                     path.unlink(missing_ok=True)

@@ -142,6 +142,16 @@ def test_ticker_map_override_works_as_the_readme_writes_it(exported, tmp_path):
     assert [t["ticker"] for t in _read(tmp_path / "o")["tickers"][0]] == ["BABA"]
 
 
+def _holds_claim(out, pid):
+    for path in (out / "_claims").glob("*.json"):
+        try:
+            if json.loads(path.read_text()).get("pid") == pid:
+                return True
+        except (OSError, ValueError):
+            pass  # released or being written
+    return False
+
+
 def test_independent_processes_share_one_job_and_survive_a_kill(exported, tmp_path):
     """The same command started twice on one output_dir (no torchrun): one is killed -9 and started
     again; every id ends up scored exactly once and the manifest lists both live processes."""
@@ -160,9 +170,17 @@ def test_independent_processes_share_one_job_and_survive_a_kill(exported, tmp_pa
     deadline = time.time() + 300
     while time.time() < deadline and len(list(out.glob("part-*.parquet"))) < 3:
         time.sleep(0.05)
+    # The survivor waits (SIGSTOP) until the restarted process holds a unit, so the three overlap
+    # whatever the machine's speed (otherwise the survivor may finish the job first: a separate run).
+    os.kill(survivor.pid, signal.SIGSTOP)
     os.killpg(doomed.pid, signal.SIGKILL)
     doomed.wait()
     restarted = start()
+    try:
+        while time.time() < deadline and restarted.poll() is None and not _holds_claim(out, restarted.pid):
+            time.sleep(0.02)
+    finally:
+        os.kill(survivor.pid, signal.SIGCONT)
     for proc in (survivor, restarted):
         _, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err[-2000:]

@@ -116,6 +116,35 @@ def test_output_schema_tickers_and_kept_columns(exported, tmp_path):
     assert df["impact"].between(0, 1).all() and df["sentiment_score"].between(-1, 1).all()
 
 
+def test_a_worker_ending_after_the_job_completes_is_in_the_manifest(exported, tmp_path):
+    """Two workers end together: the first finds every unit done (the other's last one too) and writes a
+    complete manifest before the other has written its record. The other's manifest, written last, lists
+    both; a rerun of the finished job then starts a fresh list (the old records under _workers/previous)."""
+    from inference import jobs
+    from inference.score import finish, new_worker_record
+
+    src = write_jsonl(tmp_path / "in.jsonl", [{"id": f"r{i}", "text": f"Acme item {i}"} for i in range(20)])
+    out = tmp_path / "out"
+    config = ScoreConfig(
+        model_dir=str(exported["merged"]),
+        input=str(src),
+        output_dir=str(out),
+        inference=InferenceOptions(progress=False, unit_rows=10),
+    )
+    files = validate_score_config(config)
+    first = run(config, files)
+    assert first["complete"] and first["this_run"]["processes"] == 1
+    late = new_worker_record("otherhost-4242-abcdef", None, "local", "cpu", "fp32")
+    late.update(units=1, rows=10, scored=10, finished_at=late["started_at"] + 1.0)
+    jobs.write_worker(out, late)
+    last = finish(config, out, jobs.read_job(out), files)
+    assert [w["worker"] for w in last["this_run"]["workers"]][-1] == late["worker"]
+    assert last["this_run"]["processes"] == 2 and last["units"]["this_run"] == 3
+    rerun = run(config, files)
+    assert rerun["this_run"]["processes"] == 1 and rerun["units"]["this_run"] == 0
+    assert len(list((out / jobs.WORKERS / "previous").glob("*.json"))) == 2
+
+
 def test_rerun_skips_finished_units_and_refuses_another_model(exported, tmp_path):
     rows = [{"id": f"r{i}", "text": f"Acme news item number {i}"} for i in range(25)]
     src = write_jsonl(tmp_path / "in.jsonl", rows)
