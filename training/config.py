@@ -251,6 +251,11 @@ class LossConfig:
     # R-Drop: every training batch runs twice (different dropout masks) and this weight times the symmetric
     # KL divergence between the two sentiment distributions joins the loss (0 = off; doubles step cost)
     sentiment_rdrop: float = 0.0
+    # A coarse entity label on a finer scale (SEntFiN's "positive" on five levels): false measures the
+    # ticker loss on the score axis (its span [0.5, 1]); true on the coarse classes' axis, where adjacent
+    # classes are one step apart (distances count 1 / 0.5 = 2x, as on a three-label scale): entity accuracy
+    # up 2.5-4 points, FiQA and topics down (docs/BENCHMARKS.md, the news card)
+    tickers_coarse_axis: bool = False
 
 
 @dataclass

@@ -397,10 +397,10 @@ class _Encoder:
         [low, high]: the point itself, or for a coarse label the span of its class's labels (five levels:
         "positive" -> [0.5, 1], positive or strongly positive), so a three-class entity label never teaches
         "not strong" (the ticker loss is the distance to the span). ``unit``: the length that counts as one
-        step of the label's own scale. A coarse label is taught on the coarse classes' axis, where adjacent
-        classes are one step apart: on five levels the gap between "neutral" (0) and the nearest
-        "positive" (0.5) is 0.5, so distances count double, as a three-label scale's would (its step is 1).
-        Fine labels and continuous scores keep unit 1; a three-label scale is unchanged."""
+        step of the label's own scale, read by the loss with ``loss.tickers_coarse_axis``: on the coarse
+        classes' axis adjacent classes are one step apart, and on five levels the gap between "neutral" (0)
+        and the nearest "positive" (0.5) is 0.5, so distances count double, as a three-label scale's would
+        (its step is 1). Fine labels and continuous scores keep unit 1; a three-label scale is unchanged."""
         if score is None or _is_missing(score) or not coarse:
             value = float("nan") if score is None else float(score)
             return [value, value, 1.0]

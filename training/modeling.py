@@ -246,11 +246,12 @@ def compute_losses(
     )
     ent_y = batch["entity_scores"]
     ent_mask = ~torch.isnan(ent_y)
-    # squared distance to the target's band (a point, or a coarse class's span) in steps of the label's own
-    # scale (training.data._Encoder._band)
+    # squared distance to the target's band (a point, or a coarse class's span; training.data._Encoder._band),
+    # with loss.tickers_coarse_axis in steps of the label's own scale
     bands = batch.get("entity_bands")
     low, high = (bands[..., 0], bands[..., 1]) if bands is not None else (ent_y, ent_y)
-    unit = bands[..., 2] if bands is not None and bands.shape[-1] > 2 else torch.ones_like(ent_y)
+    coarse_axis = weights.tickers_coarse_axis and bands is not None and bands.shape[-1] > 2
+    unit = bands[..., 2] if coarse_axis else torch.ones_like(ent_y)
     score = out["ticker_score"]
     nearest = torch.maximum(torch.minimum(score, torch.nan_to_num(high)), torch.nan_to_num(low))
     ticker_loss = ((score - nearest) / torch.nan_to_num(unit, nan=1.0)) ** 2

@@ -109,11 +109,13 @@ def test_ticker_loss_is_the_distance_to_the_label_span():
     }
     losses = compute_losses(out, batch, LossConfig())
     assert losses["tickers"].item() == pytest.approx((0.0 + 0.2**2 + 0.2**2) / 3)
-    # a coarse label's distance counts in steps of the coarse axis (0.5 on five levels)
+    # loss.tickers_coarse_axis: a coarse label's distance counts in steps of the coarse axis (0.5 on five
+    # levels); without it the unit is read but not used
     units = torch.tensor([[[1.0], [0.5], [0.5], [float("nan")]]])
     batch["entity_bands"] = torch.cat([batch["entity_bands"], units], -1)
-    coarse = compute_losses(out, batch, LossConfig())
+    coarse = compute_losses(out, batch, LossConfig(tickers_coarse_axis=True))
     assert coarse["tickers"].item() == pytest.approx((0.0 + 0.4**2 + 0.4**2) / 3)
+    assert compute_losses(out, batch, LossConfig())["tickers"].item() == pytest.approx(losses["tickers"].item())
     del batch["entity_bands"]
     points = compute_losses(out, batch, LossConfig())
     assert points["tickers"].item() == pytest.approx((0.3**2 + 0.2**2 + 0.2**2) / 3)
