@@ -253,8 +253,8 @@ class LossConfig:
     sentiment_rdrop: float = 0.0
     # A coarse entity label on a finer scale (SEntFiN's "positive" on five levels): false measures the
     # ticker loss on the score axis (its span [0.5, 1]); true on the coarse classes' axis, where adjacent
-    # classes are one step apart (distances count 1 / 0.5 = 2x, as on a three-label scale): entity accuracy
-    # up 2.5-4 points, FiQA and topics down (docs/BENCHMARKS.md, the news card)
+    # classes are one step apart (distances count 1 / 0.5 = 2x, as on a three-label scale); mix_minilm
+    # turns it on (docs/BENCHMARKS.md, the news card)
     tickers_coarse_axis: bool = False
 
 
