@@ -115,7 +115,9 @@ def test_ticker_loss_is_the_distance_to_the_label_span():
     batch["entity_bands"] = torch.cat([batch["entity_bands"], units], -1)
     coarse = compute_losses(out, batch, LossConfig(tickers_coarse_axis=True))
     assert coarse["tickers"].item() == pytest.approx((0.0 + 0.4**2 + 0.4**2) / 3)
-    assert compute_losses(out, batch, LossConfig())["tickers"].item() == pytest.approx(losses["tickers"].item())
+    assert compute_losses(out, batch, LossConfig())["tickers"].item() == pytest.approx(
+        losses["tickers"].item()
+    )
     del batch["entity_bands"]
     points = compute_losses(out, batch, LossConfig())
     assert points["tickers"].item() == pytest.approx((0.3**2 + 0.2**2 + 0.2**2) / 3)
