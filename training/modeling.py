@@ -250,8 +250,9 @@ def compute_losses(
     # with loss.tickers_coarse_axis in steps of the label's own scale
     bands = batch.get("entity_bands")
     low, high = (bands[..., 0], bands[..., 1]) if bands is not None else (ent_y, ent_y)
-    coarse_axis = weights.tickers_coarse_axis and bands is not None and bands.shape[-1] > 2
-    unit = bands[..., 2] if coarse_axis else torch.ones_like(ent_y)
+    unit = torch.ones_like(ent_y)
+    if weights.tickers_coarse_axis and bands is not None and bands.shape[-1] > 2:
+        unit = bands[..., 2]
     score = out["ticker_score"]
     nearest = torch.maximum(torch.minimum(score, torch.nan_to_num(high)), torch.nan_to_num(low))
     ticker_loss = ((score - nearest) / torch.nan_to_num(unit, nan=1.0)) ** 2
