@@ -187,6 +187,11 @@ class SourceConfig:
     topic_scope: list[str] | None = None
     weight: float = 1.0
     max_samples: int | None = None
+    # Text-only sources whose rows hold many short texts, one per line (a StockNet row is a day of a stock's
+    # tweets): every non-empty line becomes a row of its own, exact repeats (and retweets of a kept text)
+    # dropped, before max_samples. Unlabelled text for distillation; a labelled row's label would not
+    # belong to each of its lines, so only columns {text: ...} is allowed.
+    text_lines: bool = False
     # A return column whose |value| becomes impact in [0, 1] by its rank among this source's training rows.
     impact_from_return: str | None = None
     entity_table: EntityTableConfig | None = None
@@ -427,6 +432,11 @@ def _check_source(name: str, source: SourceConfig, schema: SchemaConfig, problem
             problems.append(f"{key}.topic_scope: '{topic}' is not in schema.topics")
     if source.weight <= 0:
         problems.append(f"{key}.weight={source.weight} must be > 0")
+    if source.text_lines and (set(source.columns) != {"text"} or source.impact_from_return):
+        problems.append(
+            f"{key}.text_lines=true splits each row into its lines, whose labels are unknown: map only "
+            f"the text ({key}.columns={{text: ...}}, no impact_from_return) or drop text_lines"
+        )
     if not source.splits:
         problems.append(f"{key}.splits is empty; give at least a train split")
     if source.format == "hub":

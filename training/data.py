@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -85,7 +86,27 @@ def load_split(source: SourceConfig, split: SplitConfig) -> datasets.Dataset:
                 )
         conditions = dict(split.where)
         ds = ds.filter(lambda row: all(row[c] == v for c, v in conditions.items()))
+    if source.text_lines:
+        ds = _lines(ds, source.columns["text"])
     return ds
+
+
+_RETWEET = re.compile(r"^RT @\w+:\s*")
+
+
+def _lines(ds: datasets.Dataset, column: str) -> datasets.Dataset:
+    """One row per distinct non-empty line of ``column`` (a retweet counts as the text it repeats), in
+    first-seen order; the other columns are dropped (``text_lines`` sources are text only)."""
+    seen: set[str] = set()
+    lines: list[str] = []
+    for value in ds[column]:
+        for line in (value or "").splitlines():
+            line = line.strip()
+            key = _RETWEET.sub("", line)
+            if key and key not in seen:
+                seen.add(key)
+                lines.append(line)
+    return datasets.Dataset.from_dict({column: lines})
 
 
 def label_score(label: str, scale: Sequence[str]) -> float:

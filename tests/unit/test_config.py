@@ -133,6 +133,18 @@ def test_sweep_config_composes_with_its_own_trial_folders():
     assert str(cfg.hydra.mode).endswith("MULTIRUN") and subdir.startswith("trial-${now:")
 
 
+def test_text_lines_on_a_labelled_source_is_refused(tmp_path):
+    """Each line of a labelled row would inherit a label that belongs to the whole row."""
+    (tmp_path / "train.jsonl").write_text('{"text": "a\\nb", "y": "positive"}\n')
+    source = f"+data.sources.lines={{root: {tmp_path}, splits: {{train: {{path: train.jsonl}}}}, text_lines: true}}"
+    validate_train_config(compose_train(["data=sample", source]))
+    with pytest.raises(ConfigError) as err:
+        validate_train_config(
+            compose_train(["data=sample", source, "+data.sources.lines.columns.sentiment=y"])
+        )
+    assert "data.sources.lines.text_lines=true" in str(err.value) and "columns={text: ...}" in str(err.value)
+
+
 def test_a_monitor_no_validation_logs_is_refused():
     """A three-label scale has no three-class projection to select on; a typo in the key is caught too."""
     three = ["schema.sentiment_labels=[negative,neutral,positive]"]

@@ -193,6 +193,24 @@ def test_load_split_where_filter(tmp_path):
         load_split(source, SplitConfig(path="d.jsonl", where={"nothere": 1}))
 
 
+def test_text_lines_gives_one_row_per_distinct_line(tmp_path):
+    """A StockNet-style row (a day of tweets) becomes its tweets; repeats and retweets of a kept one go."""
+    days = [
+        {"text": "$AAPL beats\nRT @desk: $AAPL beats\n\n  iPhone sales up  ", "day": 1},
+        {"text": "iPhone sales up\n$MSFT guides lower", "day": 2},
+        {"text": None, "day": 3},
+    ]
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(d) for d in days))
+    source = SourceConfig(root=str(tmp_path), text_lines=True)
+    ds = load_split(source, SplitConfig(path="d.jsonl", where={"day": 2}))
+    assert ds.column_names == ["text"] and ds["text"] == ["iPhone sales up", "$MSFT guides lower"]
+    ds = load_split(source, SplitConfig(path="d.jsonl"))
+    assert ds["text"] == ["$AAPL beats", "iPhone sales up", "$MSFT guides lower"]
+    schema = SchemaConfig(sentiment_labels=SCALE, topics=[])
+    canonical = to_canonical(ds, "s", source, schema)
+    assert canonical["sentiment"] == [None] * 3 and canonical["text"] == ds["text"]
+
+
 def test_impact_from_return_ranks_against_the_training_rows(tmp_path):
     import pandas as pd
 
