@@ -404,7 +404,7 @@ class Scorer:
                 if "sentiment_score" in self.untrained_heads
                 else (score[idx] * weights).sum()
             )
-            label, coarse, banded = self.scale.card(p[None], np.array([raw_score]))
+            label, coarse, banded = self.scale.card(p[None], np.array([raw_score]), self.class_mask)
             t = topic[idx].max(0)
             ticker_out = []
             for k, ticker in enumerate(tickers[a]):

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
@@ -34,7 +35,7 @@ from training.config import (
 from training.data import Collator, build_splits
 from training.modeling import META_FILE, NewsImpactModel, load_tokenizer, load_trained, read_meta
 from training.module import HeadMetrics
-from training.records import head_outputs
+from training.records import head_outputs, untrained
 from training.scale import Scale
 
 log = logging.getLogger("newsimpact.evaluate")
@@ -172,16 +173,20 @@ def _classification(guess: torch.Tensor, target: torch.Tensor, names: list[str])
 
 
 def compute_metrics(
-    pred: dict[str, torch.Tensor], labels: list[str], topics: list[str], scale: Scale | None = None
+    pred: dict[str, torch.Tensor],
+    labels: list[str],
+    topics: list[str],
+    scale: Scale | None = None,
+    taught: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Every head's metrics on what the scorer emits (the card of training.scale.Scale: label, coarse class,
-    banded score). ``sentiment``: rows with a label of the scale; ``sentiment_coarse`` (scales finer than
+    banded score; ``taught``: the labels the scorer may say, as in ``Scale.card``). ``sentiment``: rows with a label of the scale; ``sentiment_coarse`` (scales finer than
     their projection): every labelled row, on the three classes."""
     scale = scale or Scale(labels)
     metrics: dict[str, Any] = {}
     label, group, banded = (
         torch.as_tensor(a)
-        for a in scale.card(pred["sentiment_probs"].numpy(), pred["sentiment_score_pred"].numpy())
+        for a in scale.card(pred["sentiment_probs"].numpy(), pred["sentiment_score_pred"].numpy(), taught)
     )
     valid = pred["sentiment_id"] != -100
     if valid.any():
@@ -361,7 +366,10 @@ def run(config: EvaluateConfig) -> dict[str, Any]:
         collate_fn=Collator(tokenizer.pad_token_id, len(schema.topics), config.data.pad_to_multiple_of),
     )
     pred = predict(model, loader)
-    metrics = compute_metrics(pred, schema.sentiment_labels, schema.topics, Scale.of(schema))
+    scale = Scale.of(schema)
+    missing = untrained(meta.get("label_counts"), scale)["sentiment"]
+    taught = np.array([label not in missing for label in schema.sentiment_labels])
+    metrics = compute_metrics(pred, schema.sentiment_labels, schema.topics, scale, taught)
     metrics["training_style"] = training_style_metrics(model, loader)
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -8,8 +8,8 @@ scores) teaches the fine labels, through ``score_cuts``.
 
 One article's card is read off the outputs in one way (:meth:`Scale.card`), which the batch scorer and
 evaluation share, so the five-level label, its three-class projection and the score always agree: the
-coarse class is the one with the most probability, the label the most likely fine label inside it, and the
-score the score head's value kept inside the label's band of ``score_cuts``.
+coarse class is the one with the most probability, the score the score head's value kept inside that
+class's span of ``score_cuts``, and the label the one whose band holds that score.
 
 No Lightning or Hydra import (the scorer uses this module).
 """
@@ -146,19 +146,30 @@ class Scale:
         return self.labels[int(np.searchsorted(self.cuts, score, side="right"))]
 
     # -- outputs ------------------------------------------------------------------------------------------
-    def card(self, probs: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def card(
+        self, probs: np.ndarray, score: np.ndarray, taught: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Label ids, coarse ids and banded scores for rows of class probabilities [N, K] and raw scores [N].
 
-        The coarse class is the one with the most probability, the label the most likely of its labels, and
-        the score is kept inside that label's band (so a positive label never carries a negative score).
+        The coarse class is the one with the most probability (the classifier's call, trained by every
+        sentiment source); inside it the score head places the article (its label is the one whose band
+        holds the score, kept inside the class's span), so label, projection and score always agree.
+        ``taught`` [K] (bool): the labels that may be said; a score in an untaught label's band moves to
+        the nearest taught label of the class (a class with none taught keeps all its labels). Bands are
+        closed below and open above except at 1 (a score on a cut belongs to the label above it).
         """
         probs = np.atleast_2d(np.asarray(probs, dtype=np.float64))
+        score = np.asarray(score, dtype=np.float64).reshape(-1)
         group = (probs @ self.membership.T).argmax(1)
-        inside = np.where(self.membership[group] > 0, probs, -1.0)
-        label = inside.argmax(1)
-        lo = np.array([self.bands[k][0] for k in label])
-        hi = np.array([self.bands[k][1] for k in label])
-        return label, group, np.clip(np.asarray(score, dtype=np.float64), lo, hi)
+        allowed = self.membership[group] > 0  # [N, K]: the labels of the row's class
+        if taught is not None:
+            keep = allowed & np.asarray(taught, dtype=bool)[None, :]
+            allowed = np.where(keep.any(1, keepdims=True), keep, allowed)
+        lo = np.array([band[0] for band in self.bands])
+        hi = np.array([band[1] if band[1] >= 1.0 else np.nextafter(band[1], -np.inf) for band in self.bands])
+        distance = np.maximum(lo[None, :] - score[:, None], score[:, None] - hi[None, :]).clip(min=0.0)
+        label = np.where(allowed, distance, np.inf).argmin(1)  # the class's band nearest the score
+        return label, group, np.clip(score, lo[label], hi[label])
 
     def coarse_probs(self, probs: np.ndarray) -> np.ndarray:
         return np.asarray(probs, dtype=np.float64) @ self.membership.T

@@ -63,12 +63,14 @@ def test_card_label_projection_and_score_always_agree(raw, score):
         assert coarse[i, group[i]] == coarse[i].max()  # the coarse class of most probability
         lo, hi = scale.bands[label[i]]
         assert lo <= banded[i] <= hi  # the score lies in the label's band
+        assert scale.label_from_score(banded[i]) == scale.labels[label[i]]  # on the cuts' convention too
         if scale.coarse[group[i]] == "positive":
             assert banded[i] >= 0.1
         if scale.coarse[group[i]] == "negative":
-            assert banded[i] <= -0.1
-        if lo <= score[i] <= hi:
-            assert banded[i] == score[i]  # an agreeing score is left alone
+            assert banded[i] < -0.1
+        own = scale.labels.index(scale.label_from_score(score[i]))
+        if scale.group_of[own] == group[i]:
+            assert banded[i] == score[i] and label[i] == own  # a score inside the class places the label
 
 
 def test_card_picks_the_coarse_class_first():
@@ -76,6 +78,23 @@ def test_card_picks_the_coarse_class_first():
     probs = np.array([[0.05, 0.20, 0.35, 0.25, 0.15]])
     label, group, banded = Scale(FIVE).card(probs, np.array([-0.3]))
     assert FIVE[label[0]] == "positive" and group[0] == 2 and banded[0] == pytest.approx(0.1)
+
+
+def test_the_score_places_the_label_inside_the_class():
+    """The classifier says which class; the score head says how strong (FiQA's intensities teach it)."""
+    scale = Scale(FIVE)
+    probs = np.array([[0.02, 0.03, 0.05, 0.60, 0.30]] * 3)  # "positive" is the likeliest fine label
+    label, group, banded = scale.card(probs, np.array([0.8, 0.3, 0.5]))
+    assert [FIVE[k] for k in label] == ["strongly positive", "positive", "strongly positive"]
+    assert banded.tolist() == [0.8, 0.3, 0.5]
+    # a label no row taught is not said: the score moves to the nearest taught label of the class
+    taught = np.array([True, True, True, True, False])
+    label, group, banded = scale.card(probs, np.array([0.8, 0.3, -0.4]), taught=taught)
+    assert [FIVE[k] for k in label] == ["positive"] * 3
+    assert banded[0] < 0.5 and banded[0] == pytest.approx(0.5) and banded[1] == 0.3 and banded[2] == 0.1
+    # a negative class never carries the cut's score (-0.1 reads as neutral)
+    label, _, banded = scale.card(np.array([[0.1, 0.6, 0.1, 0.1, 0.1]]), np.array([0.4]))
+    assert FIVE[label[0]] == "negative" and scale.label_from_score(banded[0]) == "negative"
 
 
 def test_coarse_loss_is_the_summed_probability_and_fine_rows_keep_cross_entropy():
