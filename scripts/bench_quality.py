@@ -97,6 +97,18 @@ EXPERIMENTS = [
         [EVALS["tfns"]],
         max_minutes=45,
     ),
+    # more unlabelled text: 12,000 of StockNet's 59,252 distinct training tweets (text_lines) as well
+    Experiment(
+        "tfns_distill_sn",
+        [
+            "experiment=tfns_distill",
+            "distill.teacher={work}/tfns_mpnet/model",
+            "+data.sources.stocknet_text={root: ${data_dir:stocknet}, splits: {train: {path: train.parquet}}, "
+            "text_lines: true, max_samples: 12000}",
+        ],  # fmt: skip
+        [EVALS["tfns"]],
+        max_minutes=45,
+    ),
     Experiment("fpb_mpnet", ["experiment=fpb_mpnet"], [EVALS["fpb"]], max_minutes=45),
     Experiment("fpb_mpnet_s2", ["experiment=fpb_mpnet", "seed=2"], [EVALS["fpb"]], max_minutes=45),
     # FPB with TFNS tweets as a second sentiment source (FinGPT v3.3 trains on several at once)
