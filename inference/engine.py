@@ -155,8 +155,10 @@ class Runner:
 
     @torch.inference_mode()
     def __call__(
-        self, ids: torch.Tensor, mask: torch.Tensor, entity_mask: torch.Tensor
+        self, ids: torch.Tensor, mask: torch.Tensor, entity_mask: torch.Tensor, embedding: bool = False
     ) -> dict[str, np.ndarray]:
+        """The heads' outputs (HEAD_OUTPUTS) for a batch, plus ``embedding`` (the pooled chunk states) if
+        asked; an ONNX graph outputs the heads only."""
         if self.session is not None:
             outputs = self.session.run(
                 None,
@@ -172,8 +174,12 @@ class Runner:
         mask = mask.to(self.device, non_blocking=non_blocking)
         entity_mask = entity_mask.to(self.device, non_blocking=non_blocking)
         with self._autocast():
-            out = head_outputs(self.model(ids, mask, entity_mask))
-        return {name: out[name].cpu().numpy() for name in HEAD_OUTPUTS}
+            raw = self.model(ids, mask, entity_mask)
+            out = head_outputs(raw)
+        result = {name: out[name].cpu().numpy() for name in HEAD_OUTPUTS}
+        if embedding:
+            result["embedding"] = raw["pooled"].float().cpu().numpy()
+        return result
 
 
 class Scorer:
@@ -200,6 +206,7 @@ class Scorer:
         sentiment_aggregation: str = "stance",
         topic_threshold: float = 0.5,
         ticker_map: Mapping[str, str] | None = None,
+        embeddings: bool = False,
     ):
         self.meta = read_meta(model_dir)
         self.labels: list[str] = self.meta["schema"]["sentiment_labels"]
@@ -223,6 +230,12 @@ class Scorer:
         )
         self.tokenizer = load_tokenizer(model_dir)
         use_onnx = self.meta.get("format") == "onnx"
+        if embeddings and use_onnx:
+            raise ValueError(
+                f"inference.embeddings=true: {model_dir} is an ONNX export, whose graph outputs the heads "
+                "only; score with a merged or adapter export of the model (export.format=merged)"
+            )
+        self.embeddings = embeddings  # records get the article's pooled state as "embedding"
         self.runner = Runner(model_dir, device, precision, compile, use_onnx, attention)
         on_gpu = torch.device(device).type == "cuda"
         self.pin = on_gpu
@@ -341,17 +354,23 @@ class Scorer:
         return self._aggregate(articles, chunks, tickers, *self.chunk_outputs(chunks))
 
     def chunk_outputs(self, chunks: list[Chunk]) -> tuple[Any, ...]:
-        """Every chunk's head outputs: probabilities, score, impact, topic scores, ticker scores."""
+        """Every chunk's head outputs: probabilities, score, impact, topic scores, ticker scores, and its
+        pooled state (None unless the scorer was built with ``embeddings``)."""
         n_labels, n_topics = len(self.labels), len(self.topics)
         probs = np.zeros((len(chunks), n_labels), dtype=np.float64)
         score = np.zeros(len(chunks))
         impact = np.zeros(len(chunks))
         topic = np.zeros((len(chunks), n_topics))
         ticker_scores: list[dict[int, tuple[float, int]]] = [{} for _ in chunks]
+        states: np.ndarray | None = None
         for batch in self.batches(chunks):
             items = [chunks[i] for i in batch]
             ids, mask, entity_mask, slots = self._tensors(items)
-            out = self.runner(ids, mask, entity_mask)
+            out = self.runner(ids, mask, entity_mask, self.embeddings)
+            if self.embeddings:
+                if states is None:
+                    states = np.zeros((len(chunks), out["embedding"].shape[-1]), dtype=np.float32)
+                states[batch] = out["embedding"][: len(batch)]
             for row, i in enumerate(batch):
                 probs[i] = out["sentiment_probs"][row]
                 score[i] = out["sentiment_score"][row]
@@ -362,7 +381,7 @@ class Scorer:
                         float(out["ticker_score"][row, e]),
                         len(chunks[i].entity_tokens[t]),
                     )
-        return probs, score, impact, topic, ticker_scores
+        return probs, score, impact, topic, ticker_scores, states
 
     def _chunk_weights(self, lengths: Sequence[int], probs: np.ndarray) -> np.ndarray:
         """Weights of an article's chunks (in text order) in its sentiment and score
@@ -389,7 +408,7 @@ class Scorer:
         return kept / total if total > 0 else p
 
     def _aggregate(
-        self, articles, chunks, tickers, probs, score, impact, topic, ticker_scores
+        self, articles, chunks, tickers, probs, score, impact, topic, ticker_scores, states=None
     ) -> list[dict[str, Any]]:
         by_article: dict[int, list[int]] = {}
         for i, chunk in enumerate(chunks):
@@ -434,6 +453,11 @@ class Scorer:
                     ],
                     "tickers": ticker_out,
                     "n_chunks": len(idx),
+                    **(
+                        {"embedding": (states[idx] * weights[:, None]).sum(0).tolist()}
+                        if states is not None
+                        else {}
+                    ),
                     **article.extra,
                 }
             )

@@ -81,6 +81,10 @@ class OutputOptions:
     # packaged company-name maps (us_stocknet: 86 US large caps; india_sentfin: 897 NSE companies), e.g.
     # inference.ticker_names=[us_stocknet]: tickers of articles that name the company without a cashtag
     ticker_names: list[str] = field(default_factory=list)
+    # true: each record also gets "embedding", the article's pooled backbone state (float32 list, the
+    # backbone's width; its chunks' states averaged like its sentiment): for search, clustering, or as a
+    # distillation teacher's hidden-state target. Merged and adapter exports (an ONNX graph has no such output).
+    embeddings: bool = False
 
 
 @dataclass
@@ -185,6 +189,12 @@ def validate_score_config(config: ScoreConfig) -> list[str]:
             )
     if opts.ticker_map_file and not Path(opts.ticker_map_file).is_file():
         problems.append(f"inference.ticker_map_file='{opts.ticker_map_file}' does not exist")
+    meta_file = Path(config.model_dir) / META_FILE
+    if opts.embeddings and meta_file.exists() and json.loads(meta_file.read_text()).get("format") == "onnx":
+        problems.append(
+            f"inference.embeddings=true: model_dir='{config.model_dir}' is an ONNX export, whose graph outputs "
+            "the heads only; score with a merged or adapter export (export.format=merged)"
+        )
     if problems:
         raise ConfigError(problems)
     return files
@@ -328,7 +338,7 @@ def _windows(
         yield window
 
 
-def _table(records: list[dict[str, Any]], keep_columns: list[str]) -> pa.Table:
+def _table(records: list[dict[str, Any]], keep_columns: list[str], embedding: bool = False) -> pa.Table:
     keep_fields = []
     for col in keep_columns:
         try:
@@ -338,7 +348,7 @@ def _table(records: list[dict[str, Any]], keep_columns: list[str]) -> pa.Table:
             for r in records:
                 r[col] = json.dumps(r.get(col), default=str)
             keep_fields.append(pa.field(col, pa.string()))
-    return pa.Table.from_pylist(records, schema=record_schema(keep_fields))
+    return pa.Table.from_pylist(records, schema=record_schema(keep_fields, embedding))
 
 
 class PartWriter:
@@ -348,15 +358,16 @@ class PartWriter:
     window; later values of a text-typed kept column are stored as JSON text.
     """
 
-    def __init__(self, part: Path, keep_columns: list[str]):
+    def __init__(self, part: Path, keep_columns: list[str], embedding: bool = False):
         self.part = part
+        self.embedding = embedding
         self.tmp = part.with_name(f".{part.name}.tmp-{os.getpid()}")
         self.keep = keep_columns
         self.writer: pq.ParquetWriter | None = None
 
     def write(self, records: list[dict[str, Any]]) -> None:
         if self.writer is None:
-            table = _table(records, self.keep)
+            table = _table(records, self.keep, self.embedding)
             self.writer = pq.ParquetWriter(self.tmp, table.schema)
         else:
             schema = self.writer.schema
@@ -376,7 +387,7 @@ class PartWriter:
 
     def close(self) -> None:
         if self.writer is None:
-            pq.write_table(_table([], self.keep), self.tmp)
+            pq.write_table(_table([], self.keep, self.embedding), self.tmp)
         else:
             self.writer.close()
 
@@ -539,7 +550,7 @@ def _score_piece(
     claim: jobs.Claim | None,
 ) -> dict[str, int]:
     errors: list[dict[str, Any]] = []
-    writer = PartWriter(out / f"part-{name}.parquet", opts.keep_columns)
+    writer = PartWriter(out / f"part-{name}.parquet", opts.keep_columns, opts.embeddings)
     scored_rows = chunks = tokens = 0
     windows = _windows(unit, rows, opts, errors)
     try:
@@ -615,6 +626,7 @@ def build_scorer(config: ScoreConfig, device: str, precision: str) -> Scorer:
         sentiment_aggregation=opts.sentiment_aggregation,
         topic_threshold=opts.topic_threshold,
         ticker_map=load_ticker_map(opts.ticker_map_file, opts.ticker_map, opts.ticker_names),
+        embeddings=opts.embeddings,
     )
 
 

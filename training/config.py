@@ -299,6 +299,10 @@ class DistillConfig:
     teacher: str | None = None  # an exported model folder; null: no distillation
     temperature: float = 2.0  # softens both sentiment distributions in the KL term (scaled by T^2)
     weight: float = 1.0  # weight of the teacher terms next to the hard-label loss
+    # > 0: the student's pooled state, through a learned linear map to the teacher's width (training only,
+    # not exported), is pulled towards the teacher's (cosine distance), with this weight. The teacher pass
+    # then also writes its embeddings (inference.embeddings), in a cache folder of its own.
+    hidden_weight: float = 0.0
     # Teacher heads to learn from; null: those the teacher was validated on (its newsimpact.json metrics).
     heads: list[str] | None = None
     precision: str = "fp32"  # the batch scorer's precision for the teacher pass (bf16 on bf16 CPUs/GPUs)
@@ -587,7 +591,14 @@ def _check_distill(config: TrainConfig, problems: list[str]) -> None:
     else:
         import json
 
-        labels = json.loads(meta_path.read_text())["schema"]["sentiment_labels"]
+        meta = json.loads(meta_path.read_text())
+        if distill.hidden_weight > 0 and meta.get("format") == "onnx":
+            problems.append(
+                f"distill.hidden_weight={distill.hidden_weight}: the teacher '{distill.teacher}' is an ONNX "
+                "export, whose graph has no pooled state; use a merged or adapter export of it, or "
+                "distill.hidden_weight=0"
+            )
+        labels = meta["schema"]["sentiment_labels"]
         if labels != list(config.schema.sentiment_labels):
             problems.append(
                 f"distill.teacher's sentiment labels {labels} differ from schema.sentiment_labels "
@@ -597,6 +608,8 @@ def _check_distill(config: TrainConfig, problems: list[str]) -> None:
         problems.append(f"distill.temperature={distill.temperature} must be > 0")
     if distill.weight < 0:
         problems.append(f"distill.weight={distill.weight} must be >= 0")
+    if distill.hidden_weight < 0:
+        problems.append(f"distill.hidden_weight={distill.hidden_weight} must be >= 0")
     for head in distill.heads or []:
         if head not in DISTILL_HEADS:
             problems.append(f"distill.heads: '{head}' is not one of {', '.join(DISTILL_HEADS)}")

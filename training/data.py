@@ -654,7 +654,8 @@ class Collator:
             batch["row_index"] = torch.tensor([r["row_index"] for r in rows], dtype=torch.long)
         if "teacher_probs" in rows[0]:  # distillation targets (training rows only); NaN where none
             for key in TEACHER_COLUMNS:
-                batch[key] = torch.tensor([r[key] for r in rows], dtype=torch.float32)
+                if key in rows[0]:
+                    batch[key] = torch.tensor([r[key] for r in rows], dtype=torch.float32)
         if "sentiment_id" in rows[0]:
             batch["sentiment_id"] = torch.tensor([r["sentiment_id"] for r in rows], dtype=torch.long)
             batch["sentiment_group"] = torch.tensor(

@@ -9,7 +9,10 @@ reused by every later run. Validation and checkpoint selection stay on real labe
 The student's loss adds, for the teacher's heads (``distill.heads``, default: those the teacher was
 validated on): ``T^2 * KL(teacher_T || student_T)`` on the sentiment distribution at temperature ``T``,
 squared error on the sentiment score, and binary cross-entropy against the teacher's impact and topic
-probabilities, all times ``distill.weight``, next to the hard-label loss where a row has labels.
+probabilities, all times ``distill.weight``, next to the hard-label loss where a row has labels. With
+``distill.hidden_weight > 0`` the teacher pass also writes its pooled states (``inference.embeddings``) and
+the student's pooled state, mapped to the teacher's width by a learned linear layer that lives only in
+training, is pulled towards it by the cosine distance times that weight.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from training.packaged_models import cache_dir
 
 log = logging.getLogger("newsimpact.distill")
 
-TEACHER_COLUMNS = ("teacher_probs", "teacher_score", "teacher_impact", "teacher_topics")
+TEACHER_COLUMNS = ("teacher_probs", "teacher_score", "teacher_impact", "teacher_topics", "teacher_embedding")
 
 
 def teacher_heads(meta: dict[str, Any], wanted: Sequence[str] | None) -> list[str]:
@@ -101,13 +104,23 @@ class Teacher:
         self.fingerprint = model_fingerprint(self.model_dir)
         self.root = Path(config.cache_dir) if config.cache_dir else cache_dir() / "distill"
         self.topics = list(topics)  # the student's; a teacher topic of another name is no target
+        self.hidden = config.hidden_weight > 0  # the teacher's pooled states are targets too
+        # The teacher's pooled width: the input width of its sentiment head.
+        from safetensors import safe_open
+
+        from training.modeling import HEADS_FILE
+
+        with safe_open(str(Path(self.model_dir) / HEADS_FILE), framework="pt") as heads:
+            self.width: int = int(heads.get_slice("sentiment.weight").get_shape()[1])
 
     def folder(self, texts: Sequence[str]) -> Path:
         digest = hashlib.sha256()
         for text in texts:
             digest.update(text.encode("utf-8", "surrogatepass"))
             digest.update(b"\0")
-        return self.root / f"{self.fingerprint}-{self.config.precision}" / digest.hexdigest()[:16]
+        # Outputs with embeddings are a folder of their own (the same texts scored without them stay valid).
+        suffix = "-emb" if self.hidden else ""
+        return self.root / f"{self.fingerprint}-{self.config.precision}" / (digest.hexdigest()[:16] + suffix)
 
     def score(self, texts: Sequence[str], name: str) -> dict[str, np.ndarray]:
         """Teacher outputs for ``texts`` (in order), from the cache or a fresh scorer run."""
@@ -116,9 +129,10 @@ class Teacher:
             self._run_scorer(texts, out, name)
         else:
             log.info("distill: teacher outputs for %s from the cache %s", name, out)
+        columns = ["id", "sentiment_probs", "sentiment_score", "impact", "topic_scores"]
         table = pq.read_table(
             sorted(str(p) for p in out.glob("part-*.parquet")),
-            columns=["id", "sentiment_probs", "sentiment_score", "impact", "topic_scores"],
+            columns=columns + (["embedding"] if self.hidden else []),
         )
         order = np.argsort(np.asarray(table.column("id").to_pylist(), dtype=np.int64))
         if len(order) != len(texts):
@@ -132,13 +146,18 @@ class Teacher:
         topics = np.array(
             [[scores.get(t, np.nan) for t in self.topics] for scores in by_name], dtype=np.float32
         ).reshape(len(order), len(self.topics))
-        return {
+        targets = {
             "teacher_probs": np.asarray(table.column("sentiment_probs").to_pylist(), dtype=np.float32)[order],
             "teacher_score": _floats(table.column("sentiment_score").to_pylist())[order],
             # null where the teacher's impact head was never taught
             "teacher_impact": _floats(table.column("impact").to_pylist())[order],
             "teacher_topics": topics[order],
         }
+        if self.hidden:
+            column = table.column("embedding").combine_chunks()
+            states = column.values.to_numpy(zero_copy_only=False).reshape(len(column), -1)
+            targets["teacher_embedding"] = states.astype(np.float32)[order]
+        return targets
 
     def _run_scorer(self, texts: Sequence[str], out: Path, name: str) -> None:
         from inference.score import InferenceOptions, ScoreConfig
@@ -157,7 +176,11 @@ class Teacher:
             input=str(inputs),
             output_dir=str(out / "scored"),
             inference=InferenceOptions(
-                precision=self.config.precision, max_chunks=1, unit_rows=20000, topic_threshold=0.5
+                precision=self.config.precision,
+                max_chunks=1,
+                unit_rows=20000,
+                topic_threshold=0.5,
+                embeddings=self.hidden,
             ),
         )
         score_run(config, [str(inputs)], single_process=True)
@@ -181,7 +204,8 @@ class Teacher:
                 shape = (n, 1) if targets[column].ndim == 2 else (n,)
                 targets[column] = np.full(shape, np.nan, dtype=np.float32)
         for column in TEACHER_COLUMNS:
-            ds = ds.add_column(column, targets[column].tolist())
+            if column in targets:
+                ds = ds.add_column(column, targets[column].tolist())
         return ds
 
 
@@ -190,11 +214,17 @@ def distill_losses(
     batch: dict[str, torch.Tensor],
     temperature: float,
     membership: torch.Tensor | None = None,
+    projection: torch.nn.Module | None = None,
 ) -> dict[str, torch.Tensor]:
     """The teacher terms: per head, averaged over rows (and topics) that have a teacher target. A teacher
     whose labels are the student's coarse classes (``membership`` [G, K]) is matched by the student's
-    coarse distribution."""
+    coarse distribution. With ``projection`` (student width -> teacher width) and the teacher's pooled
+    states in the batch, ``distill_hidden`` is their mean cosine distance."""
     losses: dict[str, torch.Tensor] = {}
+    states = batch.get("teacher_embedding")
+    if projection is not None and states is not None:
+        mapped = projection(out["pooled"].float())
+        losses["distill_hidden"] = (1.0 - F.cosine_similarity(mapped, states.float(), dim=-1)).mean()
     probs = batch.get("teacher_probs")
     if probs is not None:
         rows = ~torch.isnan(probs).any(-1)

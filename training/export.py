@@ -112,8 +112,9 @@ def load_run_model(run_dir: Path, checkpoint: str = "final") -> NewsImpactModel:
     ckpt = _checkpoint_path(run_dir, checkpoint)
     if ckpt is not None:
         state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
-        # Lightning stores the module's keys as "model.<name>"; peft's are named like the live model's.
-        state = {k.removeprefix("model."): v for k, v in state.items()}
+        # Lightning stores the module's keys as "model.<name>"; peft's are named like the live model's. Other
+        # keys are training-only parts of the module (distill.hidden_weight's projection), not the model's.
+        state = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
         missing = set(state) - {n for n, _ in model.named_parameters()}
         if missing:
             raise ValueError(f"{ckpt} does not belong to this run: unknown weights {sorted(missing)[:3]}")

@@ -114,8 +114,10 @@ class NewsImpactModel(nn.Module):
     ) -> dict[str, torch.Tensor]:
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         hidden = hidden.to(self.heads["sentiment"].weight.dtype)
-        pooled = self.dropout(pool(hidden, attention_mask, self.pooling))
+        state = pool(hidden, attention_mask, self.pooling)
+        pooled = self.dropout(state)
         out = {
+            "pooled": state,  # the chunk state the heads read (before dropout): embeddings, distillation
             "sentiment_logits": self.heads["sentiment"](pooled),
             "sentiment_score": torch.tanh(self.heads["sentiment_score"](pooled).squeeze(-1)),
             "impact_logits": self.heads["impact"](pooled).squeeze(-1),

@@ -233,6 +233,7 @@ class NewsImpactModule(pl.LightningModule):
         loss_weights: LossConfig,
         class_weights: torch.Tensor | None = None,
         distill: DistillConfig | None = None,
+        teacher_width: int | None = None,
     ):
         super().__init__()
         self.model = model.train()  # from_pretrained hands it over in eval mode (see on_fit_start)
@@ -240,6 +241,13 @@ class NewsImpactModule(pl.LightningModule):
         self.optim = optim
         self.loss_weights = loss_weights
         self.distill = distill if distill is not None and distill.teacher else None
+        # distill.hidden_weight: the student's pooled state mapped to the teacher's width. Training only:
+        # it sits outside self.model, so export and evaluation never see it.
+        self.distill_projection = (
+            torch.nn.Linear(int(model.backbone.config.hidden_size), teacher_width)
+            if self.distill is not None and self.distill.hidden_weight > 0 and teacher_width
+            else None
+        )
         self.strict_loading = False
         scale = Scale.of(model.schema)
         # [G, K] coarse class membership of the labels when the scale refines its projection (five levels)
@@ -279,13 +287,18 @@ class NewsImpactModule(pl.LightningModule):
         if self.distill is not None and "teacher_probs" in batch:
             # Soft targets from the teacher (training/distill.py), each head weighted like its hard loss.
             heads = {"score": "sentiment_score"}
-            for name, term in distill_losses(out, batch, self.distill.temperature, self.membership).items():
+            terms = distill_losses(
+                out, batch, self.distill.temperature, self.membership, self.distill_projection
+            )
+            for name, term in terms.items():
                 head = name.removeprefix("distill_")
                 losses[name] = term
-                losses["loss"] = (
-                    losses["loss"]
-                    + self.distill.weight * getattr(self.loss_weights, heads.get(head, head)) * term
+                weight = (
+                    self.distill.hidden_weight
+                    if head == "hidden"
+                    else self.distill.weight * getattr(self.loss_weights, heads.get(head, head))
                 )
+                losses["loss"] = losses["loss"] + weight * term
         size = batch["input_ids"].shape[0]
         self.log("train/loss", losses["loss"], prog_bar=True, batch_size=size)
         self.log_dict({f"train/loss_{k}": v for k, v in losses.items() if k != "loss"}, batch_size=size)
@@ -312,6 +325,8 @@ class NewsImpactModule(pl.LightningModule):
         from transformers import get_scheduler
 
         heads = [p for p in self.model.heads.parameters() if p.requires_grad]
+        if self.distill_projection is not None:
+            heads += list(self.distill_projection.parameters())
         head_ids = {id(p) for p in heads}
         body = [p for p in self.model.parameters() if p.requires_grad and id(p) not in head_ids]
         groups = [{"params": body, "lr": self.optim.lr}, {"params": heads, "lr": self.optim.head_lr}]

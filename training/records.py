@@ -47,6 +47,9 @@ RECORD_FIELDS = (
     pa.field("n_chunks", pa.int32()),
 )
 RECORD_KEYS = tuple(f.name for f in RECORD_FIELDS)
+# With inference.embeddings=true, after n_chunks: the article's pooled backbone state (its chunks' states
+# averaged with the sentiment weights), the vector the heads read.
+EMBEDDING_FIELD = pa.field("embedding", pa.list_(pa.float32()))
 
 
 def untrained(counts: dict[str, Any] | None, scale: Scale | None = None) -> dict[str, list[str]]:
@@ -71,6 +74,6 @@ def untrained(counts: dict[str, Any] | None, scale: Scale | None = None) -> dict
     }
 
 
-def record_schema(keep: list[pa.Field] | tuple[pa.Field, ...] = ()) -> pa.Schema:
-    """Arrow schema of a part file with the kept input columns appended."""
-    return pa.schema([*RECORD_FIELDS, *keep])
+def record_schema(keep: list[pa.Field] | tuple[pa.Field, ...] = (), embedding: bool = False) -> pa.Schema:
+    """Arrow schema of a part file: the record, its embedding if asked, then the kept input columns."""
+    return pa.schema([*RECORD_FIELDS, *([EMBEDDING_FIELD] if embedding else []), *keep])

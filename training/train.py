@@ -223,7 +223,14 @@ def run(config: TrainConfig, run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         if config.loss.sentiment_class_weights in powers
         else None
     )
-    module = NewsImpactModule(model, config.optim, config.loss, class_weights, config.distill)
+    module = NewsImpactModule(
+        model,
+        config.optim,
+        config.loss,
+        class_weights,
+        config.distill,
+        teacher_width=teacher.width if teacher is not None else None,
+    )
     trainer = build_trainer(config, run_path)
 
     info: dict[str, Any] = {

@@ -49,6 +49,20 @@ def test_regression_and_topic_terms_use_only_rows_with_targets():
     assert losses["distill_topics"].item() == pytest.approx(math.log(2))
 
 
+def test_hidden_term_is_the_cosine_distance_of_the_mapped_student_state():
+    projection = torch.nn.Linear(2, 3, bias=False)
+    with torch.no_grad():
+        projection.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]))
+    out = {"sentiment_logits": torch.zeros(2, 3), "pooled": torch.tensor([[1.0, 2.0], [3.0, -1.0]])}
+    same = {"teacher_embedding": 5 * torch.tensor([[1.0, 2.0, 3.0], [3.0, -1.0, 2.0]])}  # scale is ignored
+    assert distill_losses(out, same, 2.0, projection=projection)["distill_hidden"].abs() < 1e-6
+    opposite = {"teacher_embedding": -same["teacher_embedding"]}
+    assert distill_losses(out, opposite, 2.0, projection=projection)[
+        "distill_hidden"
+    ].item() == pytest.approx(2.0)
+    assert "distill_hidden" not in distill_losses(out, same, 2.0)  # no projection: no hidden term
+
+
 def test_teacher_heads_come_from_its_validation_metrics():
     meta = {"metrics": {"sentiment_f1_macro": 0.8, "loss": 1.0}}
     assert teacher_heads(meta, None) == ["sentiment"]
@@ -115,3 +129,61 @@ def test_a_teacher_on_another_scale_is_refused(tiny_bert, exported, tmp_path):
     )
     with pytest.raises(ConfigError, match="distill.teacher's sentiment labels"):
         validate_train_config(config)
+
+
+def test_hidden_states_are_scored_with_the_outputs_and_the_projection_is_not_exported(
+    tiny_bert, exported, tmp_path
+):
+    import pyarrow.parquet as pq
+
+    from training.export import ExportConfig, ExportOptions
+    from training.export import run as export_run
+    from training.modeling import load_trained
+
+    cache = tmp_path / "cache"
+    run_dir = tmp_path / "student"
+    overrides = tiny_overrides(tiny_bert, run_dir) + [
+        f"distill.teacher={exported['adapter']}",
+        f"distill.cache_dir={cache}",
+        "distill.heads=[sentiment]",
+        "distill.hidden_weight=2.0",
+        "trainer.max_steps=8",
+        "trainer.max_epochs=-1",
+    ]
+    train_run(compose_train(overrides), run_dir)
+    (folder,) = [f.parent for f in cache.glob("*/*/_SUCCESS")]
+    assert folder.name.endswith("-emb")  # its own cache folder: outputs scored without embeddings stay valid
+    table = pq.read_table(sorted(folder.glob("part-*.parquet")))
+    teacher = load_trained(exported["adapter"])
+    assert len(table.column("embedding")[0]) == teacher.heads["sentiment"].in_features
+    with open(run_dir / "metrics.csv") as fh:
+        hidden = [
+            float(r["train/loss_distill_hidden"])
+            for r in csv.DictReader(fh)
+            if r.get("train/loss_distill_hidden")
+        ]
+    assert hidden and all(0 <= v <= 2 for v in hidden)
+    ckpt = torch.load(next((run_dir / "checkpoints").glob("*.ckpt")), map_location="cpu", weights_only=False)
+    assert any(k.startswith("distill_projection.") for k in ckpt["state_dict"])  # kept for resume
+    out = export_run(
+        ExportConfig(
+            run_dir=str(run_dir), output_dir=str(tmp_path / "export"), export=ExportOptions(format="merged")
+        )
+    )
+    model = load_trained(out)
+    assert not any("projection" in name for name, _ in model.named_parameters())
+
+
+def test_hidden_weight_is_checked_before_any_work(tiny_bert, exported, tmp_path):
+    from training.config import ConfigError, validate_train_config
+
+    for teacher, value, message in (
+        (exported["merged"], "-1", "distill.hidden_weight=-1.0 must be >= 0"),
+        (exported["onnx"], "1", "is an ONNX export, whose graph has no pooled state"),
+    ):
+        config = compose_train(
+            tiny_overrides(tiny_bert, tmp_path / "r")
+            + [f"distill.teacher={teacher}", f"distill.hidden_weight={value}"]
+        )
+        with pytest.raises(ConfigError, match=message):
+            validate_train_config(config)

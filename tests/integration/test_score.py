@@ -445,3 +445,55 @@ def test_packaged_company_names_give_tickers_without_cashtags(exported, tmp_path
     assert all(t["sentiment_score"] is not None for t in df.loc["1", "tickers"])  # mentions were found
     with pytest.raises(ConfigError, match="ticker_names: 'nasdaq' is not a packaged map"):
         _score(exported["merged"], str(src), tmp_path / "o2", ticker_names=["nasdaq"])
+
+
+def test_embeddings_are_the_pooled_state_the_heads_read(exported, tmp_path):
+    import numpy as np
+    import torch
+
+    from training.modeling import load_trained
+
+    rows = [
+        {"id": "short", "text": "Acme Corp raises its full-year guidance"},
+        {"id": "long", "text": " ".join(f"Acme sales rose {i} percent in region {i}." for i in range(40))},
+    ]
+    write_jsonl(tmp_path / "a.jsonl", rows)
+    _score(exported["adapter"], str(tmp_path / "a.jsonl"), tmp_path / "plain", precision="fp32")
+    _score(
+        exported["adapter"], str(tmp_path / "a.jsonl"), tmp_path / "emb", precision="fp32", embeddings=True
+    )
+    plain, emb = _read(tmp_path / "plain").set_index("id"), _read(tmp_path / "emb").set_index("id")
+    assert "embedding" not in plain.columns
+    assert list(emb.columns[9:10]) == ["embedding"]
+    assert pq.read_schema(next((tmp_path / "emb").glob("part-*.parquet"))).field(
+        "embedding"
+    ).type.value_type == ("float")
+    # The other outputs do not change when embeddings are asked for.
+    assert np.allclose(np.stack(plain["sentiment_probs"]), np.stack(emb.loc[plain.index, "sentiment_probs"]))
+    model = load_trained(exported["adapter"]).eval()
+    assert emb.loc["long", "n_chunks"] > 1
+    for vector in emb["embedding"]:
+        assert len(vector) == model.heads["sentiment"].in_features and np.isfinite(vector).all()
+    # A one-chunk article's embedding is the model's pooled state of its text.
+    scorer = Scorer(str(exported["adapter"]), precision="fp32")
+    enc = scorer.tokenizer([rows[0]["text"]], return_tensors="pt")
+    with torch.inference_mode():
+        pooled = model(enc["input_ids"], enc["attention_mask"])["pooled"][0].numpy()
+    assert np.allclose(emb.loc["short", "embedding"], pooled, atol=1e-4)
+    # Apply the sentiment head to it: the scorer's probabilities come back.
+    with torch.inference_mode():
+        probs = torch.softmax(model.heads["sentiment"](torch.tensor(emb.loc["short", "embedding"])), -1)
+    assert np.allclose(probs.numpy(), emb.loc["short", "sentiment_probs"], atol=1e-4)
+
+
+def test_embeddings_from_an_onnx_export_are_refused_before_any_work(exported, tmp_path):
+    write_jsonl(tmp_path / "a.jsonl", [{"id": 1, "text": "Acme beats"}])
+    config = ScoreConfig(
+        model_dir=str(exported["onnx"]),
+        input=str(tmp_path / "a.jsonl"),
+        output_dir=str(tmp_path / "o"),
+        inference=InferenceOptions(embeddings=True),
+    )
+    with pytest.raises(ConfigError, match="inference.embeddings=true.*ONNX.*export.format=merged"):
+        validate_score_config(config)
+    assert not (tmp_path / "o").exists()
