@@ -47,6 +47,7 @@ class Experiment:
     overrides: list[str]  # "{work}" is replaced by --work-dir (e.g. a teacher exported by an earlier row)
     evals: list[Eval] = field(default_factory=list)
     max_minutes: int | None = None  # None: --max-minutes
+    export_format: str = "adapter"  # merged for full fine-tuning (peft=none), which has no adapter
 
 
 # What each dataset is evaluated on; the split text goes into the table.
@@ -80,7 +81,7 @@ EXPERIMENTS = [
     Experiment("tfns_mpnet_s2", ["experiment=tfns_mpnet", "seed=2"], [EVALS["tfns"]], max_minutes=45),
     Experiment(
         "tfns_distill",
-        ["experiment=tfns_distill", "distill.teacher={work}/tfns_mpnet/model"],
+        ["experiment=tfns_distill", "distill.teacher={work}/tfns_mpnet/model", "distill.hidden_weight=0"],
         [EVALS["tfns"]],
         max_minutes=45,
     ),
@@ -91,6 +92,7 @@ EXPERIMENTS = [
             "experiment=tfns_distill",
             "distill.teacher={work}/tfns_mpnet_s2/model",
             "distill.weight=3",
+            "distill.hidden_weight=0",
             "loss.sentiment_label_smoothing=0",
             "trainer.max_epochs=4",
         ],  # fmt: skip
@@ -103,9 +105,42 @@ EXPERIMENTS = [
         [
             "experiment=tfns_distill",
             "distill.teacher={work}/tfns_mpnet/model",
+            "distill.hidden_weight=0",
             "+data.sources.stocknet_text={root: ${data_dir:stocknet}, splits: {train: {path: train.parquet}}, "
             "text_lines: true, max_samples: 12000}",
         ],  # fmt: skip
+        [EVALS["tfns"]],
+        max_minutes=45,
+    ),
+    # a full fine-tuned student (capacity beyond LoRA r=16)
+    Experiment(
+        "tfns_distill_ft",
+        [
+            "experiment=tfns_distill",
+            "distill.teacher={work}/tfns_mpnet/model",
+            "distill.hidden_weight=0",
+            "peft=none",
+            "optim.lr=1e-4",
+        ],
+        [EVALS["tfns"]],
+        max_minutes=45,
+        export_format="merged",
+    ),
+    # hidden states as well as outputs: the student's pooled state mapped to the teacher's (cosine)
+    Experiment(
+        "tfns_distill_h1",
+        ["experiment=tfns_distill", "distill.teacher={work}/tfns_mpnet/model", "distill.hidden_weight=1"],
+        [EVALS["tfns"]],
+        max_minutes=45,
+    ),
+    Experiment(
+        "tfns_distill_h3e4",
+        [
+            "experiment=tfns_distill",
+            "distill.teacher={work}/tfns_mpnet/model",
+            "distill.hidden_weight=3",
+            "trainer.max_epochs=4",
+        ],
         [EVALS["tfns"]],
         max_minutes=45,
     ),
@@ -113,6 +148,9 @@ EXPERIMENTS = [
     Experiment("fpb_mpnet_s2", ["experiment=fpb_mpnet", "seed=2"], [EVALS["fpb"]], max_minutes=45),
     # FPB with TFNS tweets as a second sentiment source (FinGPT v3.3 trains on several at once)
     Experiment("fpb_mpnet_multi", ["experiment=fpb_mpnet_multi"], [EVALS["fpb"]], max_minutes=45),
+    Experiment(
+        "fpb_mpnet_multi_s2", ["experiment=fpb_mpnet_multi", "seed=2"], [EVALS["fpb"]], max_minutes=45
+    ),
     Experiment(
         "fpb_distill",
         ["experiment=fpb_distill", "distill.teacher={work}/fpb_mpnet_s2/model"],
@@ -243,7 +281,7 @@ def run_experiment(exp: Experiment, work: Path, max_minutes: int, skip_train: bo
         result["train_seconds"] = round(_run(train_cmd, run_dir.parent / "train.log"), 1)
         export_cmd = [
             py, "-m", "training.export", f"run_dir={run_dir}", f"output_dir={model_dir}",
-            "export.format=adapter", "export.checkpoint=best", "overwrite=true",
+            f"export.format={exp.export_format}", "export.checkpoint=best", "overwrite=true",
         ]  # fmt: skip
         _run(export_cmd, run_dir.parent / "export.log")
     run_info = json.loads((run_dir / "run.json").read_text())
@@ -285,7 +323,8 @@ def markdown(results: list[dict[str, Any]], info: dict[str, Any]) -> str:
         f"Machine: {info['machine']}. Made by `python scripts/bench_quality.py` (all experiments, ~1 h; "
         f"latest run: `{info['command']}`), each training bounded at {info['max_minutes']} min; the train "
         "wall column is the training command's wall time (`trainer.fit`'s for rows evaluated with "
-        "--skip-train). Every row of ours is LoRA r=16 on the backbone of the experiment named (`*_minilm`, "
+        "--skip-train). Every row of ours is LoRA r=16 (full fine-tuning where it says `peft=none`) on the "
+        "backbone of the experiment named (`*_minilm`, "
         "`*_distill`: the packaged all-MiniLM-L6-v2, 22 M parameters; `*_mpnet`: all-mpnet-base-v2, 110 M, "
         "from the `mpnet` extra), trained on CPU by that experiment (`*_distill` with the `*_mpnet` row's "
         "export as teacher), exported from its best checkpoint and evaluated by `training.evaluate`; "
