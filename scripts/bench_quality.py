@@ -134,6 +134,12 @@ EXPERIMENTS = [
         max_minutes=45,
     ),
     Experiment(
+        "tfns_distill_h1_s2",
+        ["experiment=tfns_distill", "distill.teacher={work}/tfns_mpnet/model", "seed=2"],
+        [EVALS["tfns"]],
+        max_minutes=45,
+    ),
+    Experiment(
         "tfns_distill_h3e4",
         [
             "experiment=tfns_distill",
