@@ -297,9 +297,9 @@ def test_batches_come_in_few_shapes_and_padding_does_not_change_scores(exported)
     shapes = set()
     runner = bucketed.runner
 
-    def recording(ids, mask, entity_mask):
+    def recording(ids, mask, entity_mask, embedding=False):
         shapes.add(tuple(ids.shape))
-        return runner(ids, mask, entity_mask)
+        return runner(ids, mask, entity_mask, embedding)
 
     bucketed.runner = recording  # type: ignore[assignment]
     got = bucketed.score(articles)
