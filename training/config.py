@@ -296,7 +296,9 @@ class CheckpointConfig:
 class DistillConfig:
     """Knowledge distillation from an exported model (training/distill.py)."""
 
-    teacher: str | None = None  # an exported model folder; null: no distillation
+    # An exported model folder, or a list of them ([DIR_A,DIR_B]: an ensemble whose outputs are averaged);
+    # null: no distillation. Read it with teacher_dirs().
+    teacher: Any = None
     temperature: float = 2.0  # softens both sentiment distributions in the KL term (scaled by T^2)
     weight: float = 1.0  # weight of the teacher terms next to the hard-label loss
     # > 0: the student's pooled state, through a learned linear map to the teacher's width (training only,
@@ -578,30 +580,55 @@ def _check_monitor(config: TrainConfig, problems: list[str]) -> None:
 DISTILL_HEADS = ("sentiment", "sentiment_score", "impact", "topics")
 
 
-def _check_distill(config: TrainConfig, problems: list[str]) -> None:
-    distill = config.distill
-    if distill.teacher is None:
-        return
-    meta_path = Path(distill.teacher) / "newsimpact.json"
-    if not meta_path.is_file():
-        problems.append(
-            f"distill.teacher='{distill.teacher}' is not an exported model (no newsimpact.json); "
-            "export the teacher with `python -m training.export run_dir=RUN output_dir=DIR`"
-        )
-    else:
-        import json
+def teacher_dirs(teacher: Any) -> list[str]:
+    """``distill.teacher`` as a list of folders: none, one exported model, or an ensemble ``[DIR_A,DIR_B]``."""
+    if teacher is None:
+        return []
+    if isinstance(teacher, str | os.PathLike):
+        return [str(teacher)]
+    return [str(t) for t in teacher]
 
+
+def _check_distill(config: TrainConfig, problems: list[str]) -> None:
+    import json
+
+    distill = config.distill
+    teacher = distill.teacher
+    if teacher is None:
+        return
+    listed = OmegaConf.is_list(teacher) or isinstance(teacher, list | tuple)
+    items = [teacher] if isinstance(teacher, str) else list(teacher) if listed else None
+    if items is None or not all(isinstance(t, str) for t in items):
+        problems.append(
+            f"distill.teacher={teacher}: give an exported model folder, or a list of them for an ensemble: "
+            "distill.teacher=[DIR_A,DIR_B]"
+        )
+        return
+    dirs = teacher_dirs(teacher)
+    if not dirs:
+        problems.append("distill.teacher=[]: name at least one exported model, or distill.teacher=null")
+        return
+    key = "distill.teacher" if len(dirs) == 1 else "distill.teacher[{}]"
+    for i, folder in enumerate(dirs):
+        name = key.format(i)
+        meta_path = Path(folder) / "newsimpact.json"
+        if not meta_path.is_file():
+            problems.append(
+                f"{name}='{folder}' is not an exported model (no newsimpact.json); "
+                "export the teacher with `python -m training.export run_dir=RUN output_dir=DIR`"
+            )
+            continue
         meta = json.loads(meta_path.read_text())
         if distill.hidden_weight > 0 and meta.get("format") == "onnx":
             problems.append(
-                f"distill.hidden_weight={distill.hidden_weight}: the teacher '{distill.teacher}' is an ONNX "
+                f"distill.hidden_weight={distill.hidden_weight}: the teacher '{folder}' is an ONNX "
                 "export, whose graph has no pooled state; use a merged or adapter export of it, or "
                 "distill.hidden_weight=0"
             )
         labels = meta["schema"]["sentiment_labels"]
         if labels != list(config.schema.sentiment_labels):
             problems.append(
-                f"distill.teacher's sentiment labels {labels} differ from schema.sentiment_labels "
+                f"{name}'s sentiment labels {labels} differ from schema.sentiment_labels "
                 f"{list(config.schema.sentiment_labels)}; set schema.sentiment_labels={labels}"
             )
     if distill.temperature <= 0:

@@ -187,3 +187,83 @@ def test_hidden_weight_is_checked_before_any_work(tiny_bert, exported, tmp_path)
         )
         with pytest.raises(ConfigError, match=message):
             validate_train_config(config)
+
+
+def _another_teacher(exported, tmp_path):
+    """A second teacher: the merged export with its sentiment head changed (other outputs, other identity)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from training.modeling import HEADS_FILE
+
+    folder = tmp_path / "teacher_b"
+    shutil.copytree(exported["merged"], folder)
+    heads = load_file(str(folder / HEADS_FILE))
+    heads["sentiment.weight"] = heads["sentiment.weight"].flip(0) * 3.0
+    save_file(heads, str(folder / HEADS_FILE))
+    return folder
+
+
+def test_an_ensemble_of_teachers_averages_their_outputs_and_joins_their_states(tiny_bert, exported, tmp_path):
+    import numpy as np
+
+    from training.config import DistillConfig
+    from training.distill import Teacher
+
+    other = _another_teacher(exported, tmp_path)
+    cache = tmp_path / "cache"
+    run_dir = tmp_path / "student"
+    overrides = tiny_overrides(tiny_bert, run_dir) + [
+        f"distill.teacher=[{exported['merged']},{other}]",
+        f"distill.cache_dir={cache}",
+        "distill.heads=[sentiment,sentiment_score]",
+        "distill.hidden_weight=1.0",
+        "trainer.max_steps=6",
+        "trainer.max_epochs=-1",
+    ]
+    config = compose_train(overrides)
+    train_run(config, run_dir)
+    members = sorted(cache.glob("*/*/_SUCCESS"))
+    assert len(members) == 2  # each member's outputs cached on their own: reused alone or in other ensembles
+    ckpt = torch.load(next((run_dir / "checkpoints").glob("*.ckpt")), map_location="cpu", weights_only=False)
+    width = ckpt["state_dict"]["distill_projection.weight"].shape[0]
+
+    texts = [f"$ACME shares {w} after results" for w in ("rise", "fall", "hold")]
+    labels = list(config.schema.sentiment_labels)
+
+    def teacher(folders):
+        distill = DistillConfig(
+            teacher=folders, cache_dir=str(tmp_path / "cache2"), heads=["sentiment"], hidden_weight=1.0
+        )
+        return Teacher(distill, list(config.schema.topics), labels)
+
+    a, b = teacher(str(exported["merged"])), teacher(str(other))
+    both = teacher([str(exported["merged"]), str(other)])
+    assert both.width == width == a.width + b.width
+    ta, tb, tboth = a.score(texts, "a"), b.score(texts, "b"), both.score(texts, "both")
+    assert not np.allclose(ta["teacher_probs"], tb["teacher_probs"], atol=1e-3)  # two different teachers
+    np.testing.assert_allclose(
+        tboth["teacher_probs"], (ta["teacher_probs"] + tb["teacher_probs"]) / 2, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        tboth["teacher_score"], (ta["teacher_score"] + tb["teacher_score"]) / 2, atol=1e-6
+    )
+    unit = ta["teacher_embedding"] / np.linalg.norm(ta["teacher_embedding"], axis=-1, keepdims=True)
+    np.testing.assert_allclose(tboth["teacher_embedding"][:, : a.width], unit, atol=1e-5)
+    assert len(list((tmp_path / "cache2").glob("*/*/_SUCCESS"))) == 2  # the ensemble scored nothing again
+
+
+def test_a_teacher_list_is_checked_member_by_member(tiny_bert, exported, tmp_path):
+    from training.config import ConfigError, validate_train_config
+
+    for teacher, message in (
+        (
+            f"[{exported['merged']},{tmp_path / 'nowhere'}]",
+            r"distill.teacher\[1\]='.*nowhere' is not an exported",
+        ),
+        ("[]", "name at least one exported model"),
+    ):
+        config = compose_train(tiny_overrides(tiny_bert, tmp_path / "r") + [f"distill.teacher={teacher}"])
+        with pytest.raises(ConfigError, match=message):
+            validate_train_config(config)
