@@ -150,12 +150,44 @@ EXPERIMENTS = [
         [EVALS["tfns"]],
         max_minutes=45,
     ),
+    # an ensemble teacher: the two tfns_mpnet seeds, their outputs averaged, their pooled states side by side
+    Experiment(
+        "tfns_distill_ens",
+        ["experiment=tfns_distill", "distill.teacher=[{work}/tfns_mpnet/model,{work}/tfns_mpnet_s2/model]"],
+        [EVALS["tfns"]],
+        max_minutes=45,
+    ),
+    # sharper teacher targets: temperature 1 (T = 2 elsewhere), one teacher and the ensemble
+    Experiment(
+        "tfns_distill_t1",
+        ["experiment=tfns_distill", "distill.teacher={work}/tfns_mpnet/model", "distill.temperature=1"],
+        [EVALS["tfns"]],
+        max_minutes=45,
+    ),
+    Experiment(
+        "tfns_distill_ens_t1",
+        [
+            "experiment=tfns_distill",
+            "distill.teacher=[{work}/tfns_mpnet/model,{work}/tfns_mpnet_s2/model]",
+            "distill.temperature=1",
+        ],
+        [EVALS["tfns"]],
+        max_minutes=45,
+    ),
     Experiment("fpb_mpnet", ["experiment=fpb_mpnet"], [EVALS["fpb"]], max_minutes=45),
     Experiment("fpb_mpnet_s2", ["experiment=fpb_mpnet", "seed=2"], [EVALS["fpb"]], max_minutes=45),
     # FPB with TFNS tweets as a second sentiment source (FinGPT v3.3 trains on several at once)
     Experiment("fpb_mpnet_multi", ["experiment=fpb_mpnet_multi"], [EVALS["fpb"]], max_minutes=45),
     Experiment(
         "fpb_mpnet_multi_s2", ["experiment=fpb_mpnet_multi", "seed=2"], [EVALS["fpb"]], max_minutes=45
+    ),
+    # full fine-tuning of MPNet (every backbone weight; LoRA r=16 elsewhere)
+    Experiment(
+        "fpb_mpnet_ft",
+        ["experiment=fpb_mpnet", "peft=none", "optim.lr=5e-5"],
+        [EVALS["fpb"]],
+        max_minutes=45,
+        export_format="merged",
     ),
     Experiment(
         "fpb_distill",
