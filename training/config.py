@@ -604,7 +604,7 @@ def _check_distill(config: TrainConfig, problems: list[str]) -> None:
             "distill.teacher=[DIR_A,DIR_B]"
         )
         return
-    dirs = teacher_dirs(teacher)
+    dirs = [str(t) for t in items]
     if not dirs:
         problems.append("distill.teacher=[]: name at least one exported model, or distill.teacher=null")
         return

@@ -144,7 +144,7 @@ class Teacher:
         if len(members) == 1:
             return members[0]
         targets = {}
-        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: a head no member scored
             for key in ("teacher_probs", "teacher_score", "teacher_impact", "teacher_topics"):
                 targets[key] = np.nanmean(np.stack([m[key] for m in members]), axis=0).astype(np.float32)
