@@ -8,7 +8,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
+import math
 import os
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +27,8 @@ from training.records import HEAD_OUTPUTS, head_outputs, untrained
 from training.scale import Scale
 from training.text import normalize
 from training.tickers import NameMatcher, extract_tickers, find_mentions, spans_to_tokens
+
+log = logging.getLogger("newsimpact.score")
 
 # A long article is cut to this many characters per allowed chunk before tokenizing, so one giant row
 # costs bounded time (generous: English averages ~4-5 characters per token).
@@ -45,7 +50,9 @@ class Chunk:
     entity_tokens: list[list[int]]  # per ticker of the article (empty list: not mentioned here)
 
 
-def configure_process(device: str = "cpu", keep_heap: bool = True, arrow_pool: bool = True) -> None:
+def configure_process(
+    device: str = "cpu", keep_heap: bool = True, arrow_pool: bool = True, threads: int | None = None
+) -> None:
     """Process-wide settings for scoring, set once by the entry point (a Scorer changes none of them).
 
     On CPU: a single-threaded tokenizer (the background tokenizer thread shares the cores with the
@@ -53,9 +60,17 @@ def configure_process(device: str = "cpu", keep_heap: bool = True, arrow_pool: b
     box), glibc keeping freed heap memory (``keep_heap``, inference/cpu_ops.py), and the bmm attention
     registered with transformers (inference/attention.py), which a Scorer then uses in bf16. Everywhere:
     Arrow allocating from the system heap (``arrow_pool``; one retained heap, not two: -70 MB peak RSS
-    at 6,000 documents on the CPU box, same speed).
+    at 6,000 documents on the CPU box, same speed). ``threads`` (a GPU worker's share of the host's
+    cores): torch's threads and the tokenizer's batch-encoding threads, so several workers sharing one
+    GPU do not oversubscribe the CPU.
     """
     import pyarrow as pa
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+        # the Rust tokenizer reads these once, at its first parallel call
+        os.environ.setdefault("RAYON_NUM_THREADS", str(threads))
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "true" if threads > 1 else "false")
 
     if torch.device(device).type == "cpu":
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -106,12 +121,15 @@ class Runner:
         self.device = torch.device(device)
         self.precision = precision
         self.session = None
+        self.providers: list[Any] = []
+        self.compiled = compile
         if use_onnx:
             import onnxruntime as ort
 
             opts = ort.SessionOptions()
+            self.providers = onnx_providers(self.device, ort.get_available_providers())
             self.session = ort.InferenceSession(
-                str(Path(model_dir) / "model.onnx"), opts, providers=["CPUExecutionProvider"]
+                str(Path(model_dir) / "model.onnx"), opts, providers=self.providers
             )
             self.n_labels = len(read_meta(model_dir)["schema"]["sentiment_labels"])
             return
@@ -145,7 +163,10 @@ class Runner:
         if self.device.type == "cpu":
             use_inplace_gelu(model.backbone)  # exact; saves an allocation per layer (inference/cpu_ops.py)
         if compile:
-            self.model = torch.compile(self.model)  # type: ignore[assignment]
+            # Rows, length and ticker slots all vary from batch to batch: dynamic shapes from the start
+            # (not a recompile per new shape, and no specialisation on 0/1 slots); Scorer.warmup() pays
+            # the compilation before a job's timings start.
+            self.model = torch.compile(self.model, dynamic=True)  # type: ignore[assignment]
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.precision == "fp32":
@@ -154,11 +175,14 @@ class Runner:
         return torch.autocast(self.device.type, dtype=dtype)
 
     @torch.inference_mode()
-    def __call__(
+    def launch(
         self, ids: torch.Tensor, mask: torch.Tensor, entity_mask: torch.Tensor, embedding: bool = False
-    ) -> dict[str, np.ndarray]:
-        """The heads' outputs (HEAD_OUTPUTS) for a batch, plus ``embedding`` (the pooled chunk states) if
-        asked; an ONNX graph outputs the heads only."""
+    ) -> Pending:
+        """Start a batch: copy it to the device and queue the forward pass; the outputs are read by
+        :meth:`Pending.result`. On a GPU this returns as soon as the work is queued, so the caller can
+        build (and launch) the next batch while this one runs: every head's output (and the pooled
+        states) is packed into one float32 matrix and copied back in one non-blocking copy into pinned
+        memory, with an event to wait on (one sync per batch, not one per head)."""
         if self.session is not None:
             outputs = self.session.run(
                 None,
@@ -168,18 +192,83 @@ class Runner:
                     "entity_mask": entity_mask.numpy(),
                 },
             )
-            return dict(zip(HEAD_OUTPUTS, outputs))
-        non_blocking = self.device.type == "cuda"
-        ids = ids.to(self.device, non_blocking=non_blocking)
-        mask = mask.to(self.device, non_blocking=non_blocking)
-        entity_mask = entity_mask.to(self.device, non_blocking=non_blocking)
+            return Pending(dict(zip(HEAD_OUTPUTS, outputs)))
+        on_gpu = self.device.type == "cuda"
+        ids = ids.to(self.device, non_blocking=on_gpu)
+        mask = mask.to(self.device, non_blocking=on_gpu)
+        entity_mask = entity_mask.to(self.device, non_blocking=on_gpu)
         with self._autocast():
             raw = self.model(ids, mask, entity_mask)
             out = head_outputs(raw)
-        result = {name: out[name].cpu().numpy() for name in HEAD_OUTPUTS}
+        rows = ids.shape[0]
+        parts = [out[name].reshape(rows, math.prod(out[name].shape[1:])) for name in HEAD_OUTPUTS]
+        widths = [p.shape[1] for p in parts]
         if embedding:
-            result["embedding"] = raw["pooled"].float().cpu().numpy()
-        return result
+            parts.append(raw["pooled"].float())
+            widths.append(parts[-1].shape[1])
+        packed = torch.cat(parts, dim=1)
+        if not on_gpu:
+            return Pending(_unpack(packed.numpy(), widths, embedding))
+        host = torch.empty(packed.shape, dtype=packed.dtype, pin_memory=True)
+        host.copy_(packed, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        return Pending(None, host, widths, embedding, done)
+
+    def __call__(
+        self, ids: torch.Tensor, mask: torch.Tensor, entity_mask: torch.Tensor, embedding: bool = False
+    ) -> dict[str, np.ndarray]:
+        """The heads' outputs (HEAD_OUTPUTS) for a batch, plus ``embedding`` (the pooled chunk states) if
+        asked; an ONNX graph outputs the heads only."""
+        return self.launch(ids, mask, entity_mask, embedding).result()
+
+
+def _unpack(packed: np.ndarray, widths: list[int], embedding: bool) -> dict[str, np.ndarray]:
+    names = [*HEAD_OUTPUTS, *(["embedding"] if embedding else [])]
+    result: dict[str, np.ndarray] = {}
+    start = 0
+    for name, width in zip(names, widths):
+        block = packed[:, start : start + width]
+        # score and impact are one value per row; the others keep their columns (ticker slots may be 0)
+        result[name] = block[:, 0] if name in ("sentiment_score", "impact") else block
+        start += width
+    return result
+
+
+class Pending:
+    """A launched batch: its outputs once the device is done (see :meth:`Runner.launch`)."""
+
+    def __init__(
+        self,
+        ready: dict[str, np.ndarray] | None,
+        host: torch.Tensor | None = None,
+        widths: list[int] | None = None,
+        embedding: bool = False,
+        event: Any = None,
+    ):
+        self.ready, self.host, self.widths, self.embedding, self.event = ready, host, widths, embedding, event
+
+    def result(self) -> dict[str, np.ndarray]:
+        if self.ready is None:
+            assert self.host is not None and self.widths is not None
+            self.event.synchronize()
+            self.ready = _unpack(self.host.numpy(), self.widths, self.embedding)
+        return self.ready
+
+
+def onnx_providers(device: torch.device, available: Sequence[str]) -> list[Any]:
+    """onnxruntime providers for a device: CUDA first on a GPU when this onnxruntime has it (the
+    onnxruntime-gpu package), else the CPU (logged: a GPU job would silently run on the CPU otherwise)."""
+    if device.type == "cuda":
+        if "CUDAExecutionProvider" in available:
+            return [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
+        log.warning(
+            "inference device is %s but onnxruntime has no CUDAExecutionProvider (providers: %s): the ONNX "
+            "model runs on the CPU; pip install onnxruntime-gpu, or score a merged export with PyTorch",
+            device,
+            ", ".join(available),
+        )
+    return ["CPUExecutionProvider"]
 
 
 class Scorer:
@@ -237,6 +326,7 @@ class Scorer:
             )
         self.embeddings = embeddings  # records get the article's pooled state as "embedding"
         self.runner = Runner(model_dir, device, precision, compile, use_onnx, attention)
+        self.oom_splits = 0  # batches split in half after running out of device memory
         on_gpu = torch.device(device).type == "cuda"
         self.pin = on_gpu
         # Token budget per forward pass. On CPU 4,096 keeps a batch's activations cache- and heap-friendly
@@ -320,6 +410,8 @@ class Scorer:
     def _tensors(
         self, chunks: list[Chunk]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[list[int]]]:
+        """A batch as padded tensors (pinned on a GPU): ids, attention mask, ticker-mention mask, and per
+        row the article-ticker index of each mention slot. Built with array indexing, not a row loop."""
         length = self.padded_length(max(len(c.input_ids) for c in chunks))
         # A short last batch is topped up to a power of two rows (copies of its first row, whose outputs
         # are ignored) so that the set of batch shapes stays small; see padded_length.
@@ -327,22 +419,35 @@ class Scorer:
         chunks = list(chunks) + [chunks[0]] * (rows - len(chunks))
         pad = self.tokenizer.pad_token_id
         left = self.tokenizer.padding_side == "left"
-        ids = torch.full((len(chunks), length), pad, dtype=torch.long)
-        mask = torch.zeros((len(chunks), length), dtype=torch.long)
+        lengths = np.fromiter((len(c.input_ids) for c in chunks), dtype=np.int64, count=rows)
+        flat = np.concatenate([c.input_ids for c in chunks])
+        row_of = np.repeat(np.arange(rows), lengths)
+        # each token's column: its position in its chunk, shifted right by the padding when it is on the left
+        firsts = np.repeat(np.cumsum(lengths) - lengths, lengths)
+        col = np.arange(flat.size) - firsts + (np.repeat(length - lengths, lengths) if left else 0)
         # Only tickers mentioned in a chunk get a slot in it: slot lists map slots back to tickers.
-        slots = [[t for t, toks in enumerate(c.entity_tokens) if toks] for c in chunks]
+        slots = [
+            [t for t, toks in enumerate(c.entity_tokens) if toks] if c.entity_tokens else [] for c in chunks
+        ]
         n_slots = max((len(s) for s in slots), default=0)
         n_slots = 1 << (n_slots - 1).bit_length() if n_slots else 0  # a power of two: few shapes again
-        entity_mask = torch.zeros((len(chunks), n_slots, length), dtype=torch.bool)
-        for b, chunk in enumerate(chunks):
-            n = len(chunk.input_ids)
-            shift = length - n if left else 0
-            ids[b, shift : shift + n] = torch.from_numpy(chunk.input_ids)
-            mask[b, shift : shift + n] = 1
-            for e, t in enumerate(slots[b]):
-                entity_mask[b, e, [shift + k for k in chunk.entity_tokens[t]]] = True
-        if self.pin:
-            ids, mask, entity_mask = ids.pin_memory(), mask.pin_memory(), entity_mask.pin_memory()
+        ids = torch.full((rows, length), pad, dtype=torch.long, pin_memory=self.pin)
+        mask = torch.zeros((rows, length), dtype=torch.long, pin_memory=self.pin)
+        entity_mask = torch.zeros((rows, n_slots, length), dtype=torch.bool, pin_memory=self.pin)
+        ids.numpy()[row_of, col] = flat
+        mask.numpy()[row_of, col] = 1
+        if n_slots:
+            b_idx: list[int] = []
+            e_idx: list[int] = []
+            t_idx: list[int] = []
+            for b, row_slots in enumerate(slots):
+                shift = int(length - lengths[b]) if left else 0
+                for e, t in enumerate(row_slots):
+                    toks = chunks[b].entity_tokens[t]
+                    b_idx += [b] * len(toks)
+                    e_idx += [e] * len(toks)
+                    t_idx += [shift + k for k in toks]
+            entity_mask.numpy()[b_idx, e_idx, t_idx] = True
         return ids, mask, entity_mask, slots
 
     # -- scoring -------------------------------------------------------------------------------------
@@ -353,9 +458,38 @@ class Scorer:
         chunks, tickers, _ = prepared if prepared is not None else self.prepare(articles)
         return self._aggregate(articles, chunks, tickers, *self.chunk_outputs(chunks))
 
+    def _launch(
+        self, chunks: list[Chunk], batch: list[int]
+    ) -> list[tuple[list[int], list[list[int]], Pending]]:
+        """Launch a batch; one that runs out of device memory is split in half and each half launched
+        (down to one chunk, which then fails for real), counted in ``oom_splits`` and logged."""
+        ids, mask, entity_mask, slots = self._tensors([chunks[i] for i in batch])
+        try:
+            return [(batch, slots, self.runner.launch(ids, mask, entity_mask, self.embeddings))]
+        except torch.cuda.OutOfMemoryError:
+            if len(batch) == 1:
+                raise
+            del ids, mask, entity_mask
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            self.oom_splits += 1
+            half = len(batch) // 2
+            log.warning(
+                "out of device memory on a batch of %d chunks x %d tokens: retrying as %d + %d chunks "
+                "(lower inference.batch_tokens to avoid the retries)",
+                len(batch),
+                max(len(chunks[i].input_ids) for i in batch),
+                half,
+                len(batch) - half,
+            )
+            return self._launch(chunks, batch[:half]) + self._launch(chunks, batch[half:])
+
     def chunk_outputs(self, chunks: list[Chunk]) -> tuple[Any, ...]:
         """Every chunk's head outputs: probabilities, score, impact, topic scores, ticker scores, and its
-        pooled state (None unless the scorer was built with ``embeddings``)."""
+        pooled state (None unless the scorer was built with ``embeddings``).
+
+        Batch n+1 is built and launched before batch n's outputs are read, so on a GPU the host builds
+        the next batch while the device computes (one wait per batch, for its one packed copy)."""
         n_labels, n_topics = len(self.labels), len(self.topics)
         probs = np.zeros((len(chunks), n_labels), dtype=np.float64)
         score = np.zeros(len(chunks))
@@ -363,25 +497,51 @@ class Scorer:
         topic = np.zeros((len(chunks), n_topics))
         ticker_scores: list[dict[int, tuple[float, int]]] = [{} for _ in chunks]
         states: np.ndarray | None = None
-        for batch in self.batches(chunks):
-            items = [chunks[i] for i in batch]
-            ids, mask, entity_mask, slots = self._tensors(items)
-            out = self.runner(ids, mask, entity_mask, self.embeddings)
+
+        def store(batch: list[int], slots: list[list[int]], pending: Pending) -> None:
+            nonlocal states
+            out = pending.result()
+            n = len(batch)
             if self.embeddings:
                 if states is None:
                     states = np.zeros((len(chunks), out["embedding"].shape[-1]), dtype=np.float32)
-                states[batch] = out["embedding"][: len(batch)]
-            for row, i in enumerate(batch):
-                probs[i] = out["sentiment_probs"][row]
-                score[i] = out["sentiment_score"][row]
-                impact[i] = out["impact"][row]
-                topic[i] = out["topic_scores"][row][:n_topics]
-                for e, t in enumerate(slots[row]):
-                    ticker_scores[i][t] = (
-                        float(out["ticker_score"][row, e]),
-                        len(chunks[i].entity_tokens[t]),
-                    )
+                states[batch] = out["embedding"][:n]
+            probs[batch] = out["sentiment_probs"][:n]
+            score[batch] = out["sentiment_score"][:n]
+            impact[batch] = out["impact"][:n]
+            topic[batch] = out["topic_scores"][:n, :n_topics]
+            for row in range(n):  # only rows with a mentioned ticker have slots
+                if slots[row]:
+                    i = batch[row]
+                    for e, t in enumerate(slots[row]):
+                        ticker_scores[i][t] = (
+                            float(out["ticker_score"][row, e]),
+                            len(chunks[i].entity_tokens[t]),
+                        )
+
+        in_flight: list[tuple[list[int], list[list[int]], Pending]] = []
+        for batch in self.batches(chunks):
+            launched = self._launch(chunks, batch)
+            for item in in_flight:
+                store(*item)
+            in_flight = launched
+        for item in in_flight:
+            store(*item)
         return probs, score, impact, topic, ticker_scores, states
+
+    def warmup(self) -> float:
+        """Run a few dummy batches of different shapes (compilation with ``compile``, CUDA kernels and
+        allocator pools) so that a job's timings start warm; returns the seconds it took."""
+        started = time.perf_counter()
+        ids = np.asarray(self.tokenizer("warm up")["input_ids"], dtype=np.int32)
+        for length, rows in ((16, 1), (32, 3), (self.max_length, 2)):
+            reps = max(1, length // max(1, len(ids)))
+            chunk_ids = np.resize(np.tile(ids, reps), min(length, self.max_length))
+            chunks = [Chunk(0, chunk_ids, [[1]]) for _ in range(rows)]
+            self.chunk_outputs(chunks)
+        if torch.device(self.runner.device).type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - started
 
     def _chunk_weights(self, lengths: Sequence[int], probs: np.ndarray) -> np.ndarray:
         """Weights of an article's chunks (in text order) in its sentiment and score

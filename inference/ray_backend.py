@@ -40,12 +40,17 @@ class UnitScorer:
 
         self.config, self.job = config, job
         self.out = Path(config.output_dir)
-        device = "cuda:0" if torch.cuda.is_available() and ray_gpu_ids() else "cpu"
+        from inference.score import worker_precision
+
+        device = _actor_device()
         if device == "cpu":
             torch.set_num_threads(max(1, threads))
-        configure_process(device, config.inference.keep_heap)
+        configure_process(device, config.inference.keep_heap, threads=threads if device != "cpu" else None)
+        precision = worker_precision(config.inference.precision, device, precision)
         self.record = new_worker_record(f"ray-{jobs.worker_id()}", None, "ray", device, precision)
         self.scorer = build_scorer(config, device, precision)
+        if device != "cpu" or config.inference.compile:
+            self.record["warmup_seconds"] = round(self.scorer.warmup(), 3)
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
         self.progress = Progress(self.out, self.record["worker"], 0, enabled=False)
 
@@ -54,7 +59,7 @@ class UnitScorer:
 
         unit = Unit(**{k: row[k] for k in ("file_index", "path", "index", "kind", "start", "end", "cost")})
         result: dict[str, Any] = {"unit": unit.name, "worker": self.record["worker"], "scored_here": False}
-        result.update(dict.fromkeys(_COUNTS, 0), seconds=0.0, device=self.record["device"])
+        result.update(dict.fromkeys(_COUNTS, 0), seconds=0.0, device=self.record["device"], oom_splits=0)
         opts = self.config.inference
         claim = jobs.try_claim(self.out, unit, self.record["worker"], opts.claim_timeout_s)
         if claim is None or unit.name in jobs.done_units(self.out):
@@ -71,6 +76,7 @@ class UnitScorer:
         finally:
             claim.release()
         result.update({k: counts[k] for k in _COUNTS}, seconds=counts["seconds"], scored_here=True)
+        result["oom_splits"] = self.scorer.oom_splits
         return result
 
 
@@ -83,8 +89,12 @@ def ray_gpu_ids() -> list[Any]:
         return []
 
 
-def run_ray(config: Any, files: list[str], precision: str) -> dict[str, Any]:
-    """Plan (or reopen) the job, score its unfinished units on a Ray actor pool, write the manifest."""
+def run_ray(config: Any, files: list[str]) -> dict[str, Any]:
+    """Plan (or reopen) the job, score its unfinished units on a Ray actor pool, write the manifest.
+
+    ``inference.precision=auto`` is resolved where the actors run: a probe task with an actor's
+    resources resolves it for the job's identity (a CPU head node must not give GPU actors fp32), and
+    each actor resolves it again on its own device and checks that it agrees."""
     try:
         import ray
         import ray.data
@@ -96,10 +106,6 @@ def run_ray(config: Any, files: list[str], precision: str) -> dict[str, Any]:
 
     opts = config.inference
     out = Path(config.output_dir)
-    job = open_job(config, files, out, precision)
-    jobs.begin_run(out)  # a rerun of a finished job: its manifest lists this run's workers
-    done = jobs.done_units(out)
-    todo = [u for u in jobs.claim_order(jobs.units_of(job)) if u.name not in done]
     started = time.time()
     started_here = not ray.is_initialized()
     if started_here:
@@ -110,7 +116,16 @@ def run_ray(config: Any, files: list[str], precision: str) -> dict[str, Any]:
             log_to_driver=True,
         )
     try:
-        results = _score_on_actors(config, job, precision, todo) if todo else []
+        per_gpu = _gpus_per_actor(opts.ray)
+        probe = ray.remote(_actor_precision).options(
+            num_cpus=opts.ray.cpus_per_actor, num_gpus=per_gpu or None
+        )
+        precision = ray.get(probe.remote(opts.precision))
+        job = open_job(config, files, out, precision)
+        jobs.begin_run(out)  # a rerun of a finished job: its manifest lists this run's workers
+        done = jobs.done_units(out)
+        todo = [u for u in jobs.claim_order(jobs.units_of(job)) if u.name not in done]
+        results = _score_on_actors(config, job, precision, todo, per_gpu) if todo else []
     finally:
         if started_here:
             ray.shutdown()
@@ -126,14 +141,33 @@ def run_ray(config: Any, files: list[str], precision: str) -> dict[str, Any]:
         record["seconds"] = round(record["seconds"] + r["seconds"], 3)
         for key in _COUNTS:
             record[key] += int(r[key])
+        record["oom_splits"] = max(record["oom_splits"], int(r.get("oom_splits", 0)))  # a running total
     for record in by_worker.values():
         record["finished_at"] = time.time()
         jobs.write_worker(out, record)
     return finish(config, out, job, files)
 
 
+def _actor_device() -> str:
+    return "cuda:0" if torch.cuda.is_available() and ray_gpu_ids() else "cpu"
+
+
+def _actor_precision(requested: str) -> str:
+    """``requested`` resolved on an actor's device (run as a Ray task with an actor's resources)."""
+    from inference.engine import resolve_precision
+
+    return resolve_precision(requested, _actor_device())
+
+
+def _gpus_per_actor(opts: Any) -> float:
+    import ray
+
+    gpus = float(ray.cluster_resources().get("GPU", 0))
+    return opts.gpus_per_actor if opts.gpus_per_actor is not None else (1.0 if gpus else 0.0)
+
+
 def _score_on_actors(
-    config: Any, job: dict[str, Any], precision: str, todo: list[Unit]
+    config: Any, job: dict[str, Any], precision: str, todo: list[Unit], per_gpu: float
 ) -> list[dict[str, Any]]:
     import ray
     import ray.data
@@ -141,7 +175,6 @@ def _score_on_actors(
     opts = config.inference.ray
     resources = ray.cluster_resources()
     gpus = float(resources.get("GPU", 0))
-    per_gpu = opts.gpus_per_actor if opts.gpus_per_actor is not None else (1.0 if gpus else 0.0)
     if opts.actors:
         actors = opts.actors
     elif per_gpu:

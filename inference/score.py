@@ -107,7 +107,9 @@ class RunOptions:
     pad_to_multiple_of: int = 16  # batch lengths rounded up to this: few shapes keep CPU memory flat
     attention: str = "auto"  # auto (bmm on CPU in bf16, else SDPA) | sdpa | bmm
     device: str = "auto"  # auto | cpu | cuda
-    compile: bool = False
+    compile: bool = False  # torch.compile(dynamic=True), compiled in a warm-up before the job's timings
+    # CPU threads per GPU worker (torch, tokenizer batch encoding); null: this host's cores / its workers
+    threads: int | None = None
     keep_heap: bool = True  # CPU, glibc: large tensors from a heap that keeps freed memory (faster)
     max_error_rate: float | None = None
     overwrite: bool = False
@@ -170,6 +172,7 @@ def validate_score_config(config: ScoreConfig) -> list[str]:
         "max_chunks",
         "pad_to_multiple_of",
         "claim_timeout_s",
+        "threads",
     ):
         if getattr(opts, key) is not None and getattr(opts, key) < 1:
             problems.append(f"inference.{key} must be >= 1")
@@ -602,11 +605,40 @@ def summarize(out: Path, job: dict[str, Any]) -> dict[str, int]:
 
 
 def _device(opts: InferenceOptions, local_rank: int) -> str:
-    if opts.device == "auto":
-        return f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    if opts.device == "cuda":
-        return f"cuda:{local_rank}"
-    return opts.device
+    """This worker's device: GPUs are shared round-robin by local rank, so more workers than GPUs (e.g.
+    ``torchrun --nproc_per_node=4`` on one GPU: four workers preparing batches for it) is fine."""
+    wants_gpu = opts.device == "cuda" or (opts.device == "auto" and torch.cuda.is_available())
+    if not wants_gpu:
+        return "cpu" if opts.device == "auto" else opts.device
+    return f"cuda:{local_rank % max(1, torch.cuda.device_count())}"
+
+
+def worker_threads(opts: InferenceOptions, device: str) -> int | None:
+    """CPU threads of a GPU worker (torch and the tokenizer's batch encoding): ``inference.threads``, or
+    the cores this process may use divided among the workers of this host (LOCAL_WORLD_SIZE under
+    torchrun). None on CPU, where the launcher's and configure_process's settings stand."""
+    if opts.threads is not None:
+        return opts.threads
+    if not device.startswith("cuda"):
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+
+
+def worker_precision(requested: str, device: str, job_precision: str | None) -> str:
+    """The precision this worker runs: ``auto`` resolved here, on the worker's own device (a Ray actor
+    on a GPU node resolves for its GPU, not for the driver). A worker that would run another precision
+    than the job in the output folder was planned with stops, naming both."""
+    precision = resolve_precision(requested, device)
+    if job_precision is not None and precision != job_precision:
+        raise ConfigError(
+            [
+                f"inference.precision={requested} resolves to {precision} on this worker ({device}), but the "
+                f"job was planned with {job_precision}; set inference.precision={job_precision} explicitly "
+                "so every worker computes the same values"
+            ]
+        )
+    return precision
 
 
 def build_scorer(config: ScoreConfig, device: str, precision: str) -> Scorer:
@@ -645,6 +677,7 @@ def new_worker_record(
         "errors": 0,
         "chunks": 0,
         "tokens": 0,
+        "oom_splits": 0,
         "seconds": 0.0,
         "started_at": time.time(),
         "finished_at": None,
@@ -665,7 +698,12 @@ def work(
             unit, claim = claimed
             try:
                 if scorer is None:  # only a worker that has work loads the model
+                    loading = time.perf_counter()
                     scorer = build_scorer(config, record["device"], record["precision"])
+                    if opts.compile or record["device"].startswith("cuda"):
+                        record["warmup_seconds"] = round(scorer.warmup(), 3)
+                    start += time.perf_counter() - loading  # model load and warm-up: not scoring time
+                    record["load_seconds"] = round(time.perf_counter() - loading, 3)
                 jobs.clean_unit_leftovers(out, unit)
                 counts = score_unit(scorer, unit, opts, out, pool, progress, claim, record["worker"])
             except LostClaim:
@@ -677,6 +715,7 @@ def work(
             for key in ("rows", "scored", "errors", "chunks", "tokens"):
                 record[key] += counts[key]
     progress.close()
+    record["oom_splits"] = scorer.oom_splits if scorer is not None else 0
     record["seconds"] = round(time.perf_counter() - start, 3)
     record["finished_at"] = time.time()
     jobs.write_worker(out, record)
@@ -691,14 +730,14 @@ def run(config: ScoreConfig, files: list[str], single_process: bool = False) -> 
     rank, world, local_rank = (0, 1, 0) if single_process else _dist_env()
     opts = config.inference
     out = Path(config.output_dir)
-    device = _device(opts, local_rank)
-    precision = resolve_precision(opts.precision, device)
     if opts.backend == "ray":
         from inference.ray_backend import run_ray
 
-        return run_ray(config, files, precision)
+        return run_ray(config, files)  # each actor resolves its device and precision where it runs
+    device = _device(opts, local_rank)
+    precision = worker_precision(opts.precision, device, None)
     dist = _init_dist(world, opts.dist_timeout_s)
-    configure_process(device, opts.keep_heap)
+    configure_process(device, opts.keep_heap, threads=worker_threads(opts, device))
     try:
         problem: list[str] | None = None
         if rank == 0:  # plans (and replaces, with overwrite) before the other ranks look
@@ -806,11 +845,13 @@ def _manifest(
             "articles_per_s": round(rows / seconds, 2) if seconds else None,
             "tokens_per_s": round(tokens / seconds, 1) if seconds else None,
             "processes": len(workers),
+            "oom_splits": sum(w.get("oom_splits", 0) for w in workers),
             "workers": [
                 {
                     k: w[k]
                     for k in ("worker", "rank", "backend", "device", "precision", "rows", "units", "seconds")
                 }
+                | {k: w[k] for k in ("oom_splits", "load_seconds", "warmup_seconds") if k in w}
                 for w in workers
             ],
         },

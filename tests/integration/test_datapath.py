@@ -1,0 +1,183 @@
+"""The scorer's hot path: vectorised batches, one packed copy per batch, batches launched ahead, the
+out-of-memory split, and the device each worker takes. Every check runs on the CPU."""
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from inference.engine import Article, Chunk, Scorer, onnx_providers
+
+
+def _mixed_articles(n: int, seed: int = 0) -> list[Article]:
+    """Headlines and long articles, some naming tickers, some given tickers: every head has work."""
+    rng = random.Random(seed)
+    words = [
+        "shares",
+        "rose",
+        "fell",
+        "profit",
+        "guidance",
+        "cut",
+        "raised",
+        "merger",
+        "loss",
+        "record",
+        "quarter",
+        "outlook",
+    ]
+    articles = []
+    for i in range(n):
+        body = " ".join(rng.choices(words, k=rng.choice([6, 12, 40, 300, 700])))
+        if i % 3 == 0:
+            body = f"$ACME and $BETA: {body} ACME up, BETA down."
+        tickers = ["ACME", "ZED"] if i % 5 == 0 else None
+        articles.append(Article(f"a{i}", body, tickers))
+    return articles
+
+
+def _reference_tensors(scorer: Scorer, chunks: list[Chunk]):
+    """The batch built row by row, the plain way (what the vectorised builder must equal)."""
+    length = scorer.padded_length(max(len(c.input_ids) for c in chunks))
+    rows = min(1 << (len(chunks) - 1).bit_length(), max(scorer.full_batch(length), len(chunks)))
+    chunks = list(chunks) + [chunks[0]] * (rows - len(chunks))
+    slots = [[t for t, toks in enumerate(c.entity_tokens) if toks] for c in chunks]
+    n_slots = max((len(s) for s in slots), default=0)
+    n_slots = 1 << (n_slots - 1).bit_length() if n_slots else 0
+    ids = torch.full((rows, length), scorer.tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((rows, length), dtype=torch.long)
+    entity = torch.zeros((rows, n_slots, length), dtype=torch.bool)
+    for b, chunk in enumerate(chunks):
+        n = len(chunk.input_ids)
+        ids[b, :n] = torch.from_numpy(chunk.input_ids.astype(np.int64))
+        mask[b, :n] = 1
+        for e, t in enumerate(slots[b]):
+            entity[b, e, chunk.entity_tokens[t]] = True
+    return ids, mask, entity, slots
+
+
+def test_vectorised_batches_equal_the_row_by_row_build(exported):
+    scorer = Scorer(str(exported["merged"]), batch_tokens=2048)
+    chunks, _, _ = scorer.prepare(_mixed_articles(60))
+    assert any(any(c.entity_tokens) for c in chunks)  # the mention mask is exercised
+    for batch in scorer.batches(chunks):
+        items = [chunks[i] for i in batch]
+        got = scorer._tensors(items)
+        want = _reference_tensors(scorer, items)
+        for g, w in zip(got[:3], want[:3]):
+            assert torch.equal(g, w)
+        assert got[3] == want[3]
+
+
+def test_every_head_equals_a_forward_pass_per_chunk(exported):
+    """Packed outputs, one copy per batch, and batch n+1 launched before batch n is read: every chunk's
+    heads equal what the model gives for that chunk alone (fp32, mixed corpus, tickers, embeddings)."""
+    scorer = Scorer(str(exported["merged"]), batch_tokens=1024, embeddings=True)
+    chunks, _, _ = scorer.prepare(_mixed_articles(40))
+    probs, score, impact, topic, tickers, states = scorer.chunk_outputs(chunks)
+    n_topics = len(scorer.topics)
+    for i, chunk in enumerate(chunks):
+        ids, mask, entity, slots = _reference_tensors(scorer, [chunk])
+        alone = scorer.runner(ids, mask, entity, embedding=True)
+        np.testing.assert_allclose(probs[i], alone["sentiment_probs"][0], atol=2e-5)
+        assert score[i] == pytest.approx(float(alone["sentiment_score"][0]), abs=2e-5)
+        assert impact[i] == pytest.approx(float(alone["impact"][0]), abs=2e-5)
+        np.testing.assert_allclose(topic[i], alone["topic_scores"][0][:n_topics], atol=2e-5)
+        np.testing.assert_allclose(states[i], alone["embedding"][0], atol=2e-4)
+        assert set(tickers[i]) == set(slots[0])
+        for e, t in enumerate(slots[0]):
+            assert tickers[i][t][0] == pytest.approx(float(alone["ticker_score"][0, e]), abs=2e-5)
+
+
+def test_a_batch_out_of_device_memory_is_split_and_retried(exported, caplog):
+    """CUDA's out-of-memory error, injected on CPU for batches over 3 rows: the scorer splits them in
+    half until they fit, counts the splits, and the scores equal an unsplit run's."""
+    articles = _mixed_articles(30, seed=3)
+    plain = Scorer(str(exported["merged"]), batch_tokens=4096).score(articles)
+    scorer = Scorer(str(exported["merged"]), batch_tokens=4096)
+    launch = scorer.runner.launch
+    sizes = []
+
+    def small_memory(ids, mask, entity_mask, embedding=False):
+        sizes.append(ids.shape[0])
+        if ids.shape[0] > 3:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+        return launch(ids, mask, entity_mask, embedding)
+
+    scorer.runner.launch = small_memory  # type: ignore[method-assign]
+    with caplog.at_level("WARNING", logger="newsimpact.score"):
+        split = scorer.score(articles)
+    assert scorer.oom_splits > 0
+    assert "out of device memory" in caplog.text
+    assert max(s for s in sizes) > 3 and min(sizes) <= 3
+    for a, b in zip(split, plain):
+        assert a["id"] == b["id"]
+        assert a["sentiment_probs"] == pytest.approx(b["sentiment_probs"], abs=1e-5)
+        assert a["impact"] == pytest.approx(b["impact"], abs=1e-5)
+
+
+def test_a_single_chunk_that_does_not_fit_fails_for_real(exported):
+    scorer = Scorer(str(exported["merged"]))
+
+    def no_memory(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+
+    scorer.runner.launch = no_memory  # type: ignore[method-assign]
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        scorer.score([Article("x", "one short headline")])
+
+
+def test_workers_map_onto_the_gpus_there_are(monkeypatch):
+    """More workers than GPUs (several workers feeding one GPU): local rank modulo the device count."""
+    from inference.score import InferenceOptions, _device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert [_device(InferenceOptions(), r) for r in range(5)] == [
+        "cuda:0",
+        "cuda:1",
+        "cuda:0",
+        "cuda:1",
+        "cuda:0",
+    ]
+    assert _device(InferenceOptions(device="cuda"), 3) == "cuda:1"
+    assert _device(InferenceOptions(device="cpu"), 3) == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert _device(InferenceOptions(), 3) == "cpu"
+
+
+def test_worker_precision_is_resolved_where_the_worker_runs(monkeypatch):
+    """``auto`` is resolved by each worker for its own device (a Ray actor on a GPU node, not the
+    driver); a worker whose own resolution differs from the job's recorded precision stops with a
+    message naming both."""
+    from inference.score import worker_precision
+    from training.config import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert worker_precision("auto", "cuda:0", None) == "bf16"
+    assert worker_precision("fp16", "cuda:0", None) == "fp16"
+    assert worker_precision("auto", "cuda:0", "bf16") == "bf16"
+    with pytest.raises(ConfigError, match="precision"):
+        worker_precision("auto", "cuda:0", "fp32")
+
+
+def test_onnx_runs_on_the_gpu_provider_when_onnxruntime_has_it(caplog):
+    gpu = torch.device("cuda:1")
+    assert onnx_providers(gpu, ["CUDAExecutionProvider", "CPUExecutionProvider"])[0] == (
+        "CUDAExecutionProvider",
+        {"device_id": 1},
+    )
+    with caplog.at_level("WARNING", logger="newsimpact.score"):
+        assert onnx_providers(gpu, ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    assert "onnxruntime-gpu" in caplog.text
+    assert onnx_providers(torch.device("cpu"), ["CUDAExecutionProvider"]) == ["CPUExecutionProvider"]
+
+
+def test_warmup_runs_before_the_job_and_changes_no_score(exported):
+    scorer = Scorer(str(exported["merged"]))
+    articles = _mixed_articles(8)
+    before = scorer.score(articles)
+    assert scorer.warmup() > 0
+    after = scorer.score(articles)
+    assert [a["sentiment_probs"] for a in after] == [b["sentiment_probs"] for b in before]
