@@ -92,8 +92,41 @@ class Ctx:
 
     @property
     def model(self) -> Path:
-        """The train_lora stage's merged export (every scoring stage's model)."""
-        return self.work / "export_merged"
+        """The train_lora stage's merged export (every scoring stage's model); if training failed, a model
+        with untrained heads made without a Trainer, so the scoring stages still measure speed."""
+        path = self.work / "export_merged"
+        if not path.exists():
+            _fallback_model(self, path)
+        return path
+
+
+def _fallback_model(ctx: Ctx, out: Path) -> None:
+    from dataclasses import asdict
+
+    from training.config import ModelConfig, PeftConfig, SchemaConfig
+    from training.export import ExportConfig, ExportOptions
+    from training.export import run as export
+    from training.modeling import FORMAT_VERSION, LabelSchema, build_model, load_tokenizer, save_trainable
+    from training.scale import Scale
+
+    cfg = SchemaConfig()
+    scale = Scale.of(cfg).to_dict()
+    schema = LabelSchema(
+        list(cfg.sentiment_labels), list(cfg.topics), scale["coarse_labels"], scale["score_cuts"]
+    )
+    model_cfg, peft_cfg = ModelConfig(pretrained_model_name_or_path=str(ctx.minilm)), PeftConfig()
+    model = build_model(model_cfg, peft_cfg, schema)
+    run_dir = ctx.work / "fallback_run"
+    meta = {
+        "format_version": FORMAT_VERSION, "base_model": str(ctx.minilm), "schema": schema.to_dict(),
+        "max_length": model_cfg.max_length, "replace_urls": model_cfg.replace_urls, "pooling": model.pooling,
+        "topic_pooling": model.topic_pooling, "head_dropout": model_cfg.head_dropout, "peft": asdict(peft_cfg),
+        "config_hash": "gpu-check-fallback", "impact_calibration": {}, "label_counts": None,
+    }  # fmt: skip
+    save_trainable(model, run_dir / "adapter", meta)
+    load_tokenizer(str(ctx.minilm)).save_pretrained(run_dir / "adapter")
+    export(ExportConfig(run_dir=str(run_dir), output_dir=str(out), overwrite=True, export=ExportOptions()))
+    (ctx.out / "FALLBACK_MODEL").write_text("train_lora gave no model: scoring stages used untrained heads\n")
 
 
 def _env() -> dict[str, str]:
