@@ -38,6 +38,8 @@ def make_rows(path: Path, n: int) -> str:
         df = df.assign(sentiment=df["label"].map(mapping))[["text", "sentiment"]]
     else:
         df = pd.read_json(REPO / "data/sample/train.jsonl", lines=True)[["text", "sentiment"]].dropna()
+        # the sample's five levels on the three-class scale both sides train
+        df["sentiment"] = df["sentiment"].str.replace("strongly ", "", regex=False)
     df = pd.concat([df] * (n // len(df) + 1)).head(n)
     # The sample data config's columns; only sentiment is labelled here.
     df = df.assign(sentiment_score=None, impact=None, topics=None, entities=[[] for _ in range(len(df))])
