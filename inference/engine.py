@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -48,6 +48,116 @@ class Chunk:
     article: int  # index into the window's articles
     input_ids: np.ndarray  # int32; arrays, not lists: a window holds thousands of chunks
     entity_tokens: list[list[int]]  # per ticker of the article (empty list: not mentioned here)
+
+
+class Prepared(NamedTuple):
+    """A window of articles ready for the model: its chunks, each article's tickers, its token count."""
+
+    chunks: list[Chunk]
+    tickers: list[list[str]]
+    tokens: int
+
+
+class Preparer:
+    """Everything before the model: text -> token chunks with ticker-mention positions.
+
+    Holds only the tokenizer and text options (picklable), so a pool of prep worker processes can run it
+    (inference/prep.py) while the device computes."""
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        max_length: int,
+        stride: int,
+        max_chunks: int,
+        replace_urls: str | None = None,
+        ticker_map: Mapping[str, str] | None = None,
+    ):
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.stride = stride
+        self.max_chunks = max_chunks
+        self.replace_urls = replace_urls
+        # A fast tokenizer's Rust core, called directly: the chunks transformers' batch call would return
+        # (the same truncation, stride and special tokens), without building its Python dicts of every
+        # field (~25 % of the call on the CPU box; docs/BENCHMARKS.md "Data path"). Our own copy, so
+        # setting its truncation changes nothing for other users of the tokenizer.
+        self.backend = None
+        if getattr(tokenizer, "is_fast", False):
+            from tokenizers import Tokenizer
+
+            backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+            backend.enable_truncation(
+                max_length, stride=stride, strategy="longest_first", direction=tokenizer.truncation_side
+            )
+            backend.no_padding()
+            self.backend = backend
+        self.names = NameMatcher(
+            dict(ticker_map or {})
+        )  # one pass over each text's words, whatever the map size
+        self.aliases: dict[str, list[str]] = {}
+        for name, ticker in (ticker_map or {}).items():
+            self.aliases.setdefault(ticker, []).append(name)
+
+    def __call__(self, articles: Sequence[tuple[str, list[str] | None]]) -> Prepared:
+        """(text, given tickers or None) pairs -> chunks (at most ``max_chunks`` per article), tickers
+        (given, else extracted: cashtags, exchange notations, names of the ticker map), tokens."""
+        cap = self.max_chunks * self.max_length * CHARS_PER_TOKEN_CAP
+        texts = [normalize(text[:cap], self.replace_urls) for text, _ in articles]
+        owners, ids_of, offsets_of = self._encode(texts)
+        tickers = [
+            given if given is not None else extract_tickers(text, self.names)
+            for (_, given), text in zip(articles, texts)
+        ]
+        spans = [
+            [find_mentions(text, t, self.aliases.get(t, ())) for t in ticks]
+            for text, ticks in zip(texts, tickers)
+        ]
+        chunks: list[Chunk] = []
+        per_article: dict[int, int] = {}
+        tokens = 0
+        for c, art in enumerate(owners):
+            if per_article.get(art, 0) >= self.max_chunks:
+                continue
+            per_article[art] = per_article.get(art, 0) + 1
+            entity_tokens: list[list[int]] = [[] for _ in spans[art]]
+            if any(spans[art]):  # only where a ticker is named, only the spans inside this chunk's text
+                offsets = offsets_of(c)
+                real = [o for o in (*offsets[:2], *offsets[-2:]) if o[1] > o[0]]  # specials: (0, 0)
+                lo, hi = (min(o[0] for o in real), max(o[1] for o in real)) if real else (0, 0)
+                array = None
+                for t, ticker_spans in enumerate(spans[art]):
+                    inside = [sp for sp in ticker_spans if sp[0] < hi and sp[1] > lo]
+                    if inside:
+                        array = np.asarray(offsets, dtype=np.int64) if array is None else array
+                        entity_tokens[t] = spans_to_tokens(array, inside)
+            ids = np.asarray(ids_of(c), dtype=np.int32)
+            chunks.append(Chunk(art, ids, entity_tokens))
+            tokens += len(ids)
+        return Prepared(chunks, tickers, tokens)
+
+    def _encode(self, texts: list[str]) -> tuple[list[int], Any, Any]:
+        """Every chunk's article index, and functions from a chunk's index to its ids and its offsets."""
+        if self.backend is not None:
+            chunks, owners = [], []
+            for art, encoding in enumerate(self.backend.encode_batch(texts, add_special_tokens=True)):
+                for piece in (encoding, *encoding.overflowing):  # transformers' order of overflowing chunks
+                    chunks.append(piece)
+                    owners.append(art)
+            return owners, lambda c: chunks[c].ids, lambda c: chunks[c].offsets
+        enc = self.tokenizer(
+            texts,
+            truncation=True,
+            max_length=self.max_length,
+            stride=self.stride,
+            return_overflowing_tokens=True,
+            return_offsets_mapping=True,
+        )
+        return (
+            list(enc["overflow_to_sample_mapping"]),
+            lambda c: enc["input_ids"][c],
+            lambda c: enc["offset_mapping"][c],
+        )
 
 
 def configure_process(
@@ -339,44 +449,14 @@ class Scorer:
         self.sentiment_aggregation = sentiment_aggregation
         self.topic_threshold = topic_threshold
         self.ticker_map = dict(ticker_map or {})
-        self.names = NameMatcher(self.ticker_map)  # one pass over each text's words, whatever the map size
-        self.aliases: dict[str, list[str]] = {}
-        for name, ticker in self.ticker_map.items():
-            self.aliases.setdefault(ticker, []).append(name)
-
-    # -- preparation (runs in a background thread) ------------------------------------------------
-    def prepare(self, articles: Sequence[Article]) -> tuple[list[Chunk], list[list[str]], int]:
-        """Tokenize articles into chunks with ticker mention positions. Returns chunks, tickers, tokens."""
-        cap = self.max_chunks * self.max_length * CHARS_PER_TOKEN_CAP
-        texts = [normalize(a.text[:cap], self.replace_urls) for a in articles]
-        enc = self.tokenizer(
-            texts,
-            truncation=True,
-            max_length=self.max_length,
-            stride=self.stride,
-            return_overflowing_tokens=True,
-            return_offsets_mapping=True,
+        self.preparer = Preparer(
+            self.tokenizer, self.max_length, self.stride, max_chunks, self.replace_urls, self.ticker_map
         )
-        tickers = [
-            a.tickers if a.tickers is not None else extract_tickers(text, self.names)
-            for a, text in zip(articles, texts)
-        ]
-        spans = [
-            [find_mentions(text, t, self.aliases.get(t, ())) for t in ticks]
-            for text, ticks in zip(texts, tickers)
-        ]
-        chunks: list[Chunk] = []
-        per_article: dict[int, int] = {}
-        tokens = 0
-        for c, art in enumerate(enc["overflow_to_sample_mapping"]):
-            if per_article.get(art, 0) >= self.max_chunks:
-                continue
-            per_article[art] = per_article.get(art, 0) + 1
-            offsets = enc["offset_mapping"][c]
-            entity_tokens = [spans_to_tokens(offsets, s) for s in spans[art]]
-            chunks.append(Chunk(art, np.asarray(enc["input_ids"][c], dtype=np.int32), entity_tokens))
-            tokens += len(enc["input_ids"][c])
-        return chunks, tickers, tokens
+
+    # -- preparation (a background thread or prep worker processes: inference/prep.py) ----------------
+    def prepare(self, articles: Sequence[Article]) -> Prepared:
+        """Tokenize articles into chunks with ticker mention positions (:class:`Preparer`)."""
+        return self.preparer([(a.text, a.tickers) for a in articles])
 
     def padded_length(self, n: int) -> int:
         """Batch length for a longest chunk of n tokens: rounded up to ``pad_to_multiple_of``.
@@ -451,9 +531,7 @@ class Scorer:
         return ids, mask, entity_mask, slots
 
     # -- scoring -------------------------------------------------------------------------------------
-    def score(
-        self, articles: Sequence[Article], prepared: tuple[list[Chunk], list[list[str]], int] | None = None
-    ) -> list[dict[str, Any]]:
+    def score(self, articles: Sequence[Article], prepared: Prepared | None = None) -> list[dict[str, Any]]:
         """Score a window of articles; one output record per article, in input order."""
         chunks, tickers, _ = prepared if prepared is not None else self.prepare(articles)
         return self._aggregate(articles, chunks, tickers, *self.chunk_outputs(chunks))

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +50,14 @@ class UnitScorer:
         self.scorer = build_scorer(config, device, precision)
         if device != "cpu" or config.inference.compile:
             self.record["warmup_seconds"] = round(self.scorer.warmup(), 3)
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
+        from inference.prep import PrepPool, default_prep_workers
+
+        # the actor's CPU slots: one drives the model, the rest prepare windows (inference.prep_workers)
+        workers = config.inference.prep_workers
+        self.record["prep_workers"] = (
+            workers if workers is not None else default_prep_workers(max(1, threads))
+        )
+        self.pool = PrepPool(self.scorer.preparer, self.record["prep_workers"])
         self.progress = Progress(self.out, self.record["worker"], 0, enabled=False)
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:

@@ -23,7 +23,6 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,7 @@ from inference.engine import (
     model_fingerprint,
     resolve_precision,
 )
+from inference.prep import PrepPool, default_prep_workers
 from inference.readers import BadRow, Unit, expand_inputs, plan_units, read_unit
 from training.config import ConfigError, entry_point, exit_on_config_error, load_validated, register_schema
 from training.modeling import META_FILE
@@ -110,6 +110,9 @@ class RunOptions:
     compile: bool = False  # torch.compile(dynamic=True), compiled in a warm-up before the job's timings
     # CPU threads per GPU worker (torch, tokenizer batch encoding); null: this host's cores / its workers
     threads: int | None = None
+    # processes preparing windows ahead of the model (inference/prep.py); null: the worker's cores minus
+    # one; 0: one background thread of the scoring process
+    prep_workers: int | None = None
     keep_heap: bool = True  # CPU, glibc: large tensors from a heap that keeps freed memory (faster)
     max_error_rate: float | None = None
     overwrite: bool = False
@@ -176,6 +179,8 @@ def validate_score_config(config: ScoreConfig) -> list[str]:
     ):
         if getattr(opts, key) is not None and getattr(opts, key) < 1:
             problems.append(f"inference.{key} must be >= 1")
+    if opts.prep_workers is not None and opts.prep_workers < 0:
+        problems.append("inference.prep_workers must be >= 0 (0: a background thread) or null (cores - 1)")
     if opts.max_error_rate is not None and not 0 <= opts.max_error_rate <= 1:
         problems.append("inference.max_error_rate must be in [0, 1] or null")
     if opts.ticker_map is not None and not (
@@ -508,7 +513,7 @@ def score_unit(
     unit: Unit,
     opts: InferenceOptions,
     out: Path,
-    pool: ThreadPoolExecutor,
+    pool: PrepPool,
     progress: Progress,
     claim: jobs.Claim | None = None,
     worker: str = "",
@@ -548,7 +553,7 @@ def _score_piece(
     rows: Iterator[tuple[int, Any]],
     opts: InferenceOptions,
     out: Path,
-    pool: ThreadPoolExecutor,
+    pool: PrepPool,
     progress: Progress,
     claim: jobs.Claim | None,
 ) -> dict[str, int]:
@@ -557,21 +562,14 @@ def _score_piece(
     scored_rows = chunks = tokens = 0
     windows = _windows(unit, rows, opts, errors)
     try:
-        # Tokenize the next window in a background thread while the model runs on the current one.
-        pending = None
-        first = next(windows, None)
-        if first is not None:
-            pending = (first, pool.submit(scorer.prepare, first))
-        while pending is not None:
-            window, future = pending
-            following = next(windows, None)
-            pending = (following, pool.submit(scorer.prepare, following)) if following is not None else None
-            prepared = future.result()
+        # Windows are prepared ahead (prep worker processes or a background thread: inference/prep.py)
+        # while the model runs on the current one.
+        for window, prepared in pool.prepared(windows):
             writer.write(scorer.score(window, prepared))
             scored_rows += len(window)
-            chunks += len(prepared[0])
-            tokens += prepared[2]
-            progress.add(len(window), prepared[2])
+            chunks += len(prepared.chunks)
+            tokens += prepared.tokens
+            progress.add(len(window), prepared.tokens)
         progress.add(len(errors), 0)
         writer.close()
         if claim is not None and not claim.still_mine():
@@ -621,8 +619,26 @@ def worker_threads(opts: InferenceOptions, device: str) -> int | None:
         return opts.threads
     if not device.startswith("cuda"):
         return None
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+    return max(1, _usable_cores() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+
+
+def _usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def prep_workers(opts: InferenceOptions, device: str) -> int:
+    """Prep processes of this worker: ``inference.prep_workers``, else its cores minus one (a GPU
+    worker's share of the host, :func:`worker_threads`; on CPU the cores this process may use divided
+    among the host's workers)."""
+    if opts.prep_workers is not None:
+        return opts.prep_workers
+    threads = worker_threads(opts, device)
+    cores = (
+        threads
+        if threads is not None
+        else max(1, _usable_cores() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+    )
+    return default_prep_workers(cores)
 
 
 def worker_precision(requested: str, device: str, job_precision: str | None) -> str:
@@ -692,14 +708,17 @@ def work(
     order = jobs.claim_order(jobs.units_of(job))
     start = time.perf_counter()
     scorer: Scorer | None = None
+    pool: PrepPool | None = None
     progress = Progress(out, record["worker"], len(order), show_progress and opts.progress)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize") as pool:
+    try:
         while (claimed := jobs.claim_next(out, order, record["worker"], opts.claim_timeout_s)) is not None:
             unit, claim = claimed
             try:
-                if scorer is None:  # only a worker that has work loads the model
+                if scorer is None or pool is None:  # only a worker that has work loads the model
                     loading = time.perf_counter()
                     scorer = build_scorer(config, record["device"], record["precision"])
+                    record["prep_workers"] = prep_workers(opts, record["device"])
+                    pool = PrepPool(scorer.preparer, record["prep_workers"])
                     if opts.compile or record["device"].startswith("cuda"):
                         record["warmup_seconds"] = round(scorer.warmup(), 3)
                     # model load and warm-up are not scoring time (the manifest's wall time and rates)
@@ -716,6 +735,9 @@ def work(
             record["units"] += 1
             for key in ("rows", "scored", "errors", "chunks", "tokens"):
                 record[key] += counts[key]
+    finally:
+        if pool is not None:
+            pool.close()
     progress.close()
     record["oom_splits"] = scorer.oom_splits if scorer is not None else 0
     record["seconds"] = round(time.perf_counter() - start, 3)
@@ -853,7 +875,11 @@ def _manifest(
                     k: w[k]
                     for k in ("worker", "rank", "backend", "device", "precision", "rows", "units", "seconds")
                 }
-                | {k: w[k] for k in ("oom_splits", "load_seconds", "warmup_seconds") if k in w}
+                | {
+                    k: w[k]
+                    for k in ("oom_splits", "load_seconds", "warmup_seconds", "prep_workers")
+                    if k in w
+                }
                 for w in workers
             ],
         },

@@ -282,7 +282,6 @@ def _train(ctx: Ctx, run_dir: Path, steps: int, *extra: str, backbone: Path | No
         "accelerator": info["config"]["trainer"]["accelerator"],
         "strategy": info["config"]["trainer"]["strategy"],
         "precision": info["config"]["trainer"]["precision"],
-        "device": info.get("device"),
         **info.get("throughput", {}),
     }
 
@@ -298,7 +297,7 @@ def stage_train_lora(ctx: Ctx) -> dict[str, Any]:
     run_dir = ctx.work / "train_lora"
     result = _train(ctx, run_dir, steps, "data.batch_size=32")
     result["batch_size"] = 32
-    _export(run_dir, ctx.model, "merged")
+    _export(run_dir, ctx.work / "export_merged", "merged")  # (not ctx.model: that makes a fallback first)
     _export(run_dir, ctx.work / "export_adapter", "adapter")
     if not result["finite"]:
         raise RuntimeError(f"non-finite training loss: {result}")

@@ -7,8 +7,11 @@ exchange notation (``(NYSE: BABA)``) or one of its names (``Alibaba``).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
 
 _EXCHANGES = (
     r"NYSE(?:\s+American|\s+Arca)?|NASDAQ|Nasdaq|AMEX|LSE|TSX|TSXV|HKEX|SEHK|ASX|NSE|BSE|XETRA|Euronext|OTC"
@@ -21,6 +24,12 @@ _CASHTAG_RE = re.compile(r"(?<![\w$])\$([A-Z][A-Z0-9]{0,5}(?:\.[A-Z]{1,2})?)\b")
 _POSSESSIVE = r"(?:['\u2019]?s)?"
 
 
+@functools.lru_cache(maxsize=65536)
+def _symbol_pattern(ticker: str) -> re.Pattern[str]:
+    return re.compile(rf"(?<![\w]){re.escape('$')}?{re.escape(ticker)}{_POSSESSIVE}(?![\w])")
+
+
+@functools.lru_cache(maxsize=65536)
 def _alias_pattern(alias: str) -> re.Pattern[str]:
     return re.compile(rf"(?<!\w){re.escape(alias)}{_POSSESSIVE}(?!\w)", re.IGNORECASE)
 
@@ -34,8 +43,7 @@ def find_mentions(text: str, ticker: str, aliases: Sequence[str] = ()) -> list[t
     """
     spans: list[tuple[int, int]] = []
     if ticker:
-        symbol = re.compile(rf"(?<![\w]){re.escape('$')}?{re.escape(ticker)}{_POSSESSIVE}(?![\w])")
-        spans += [m.span() for m in symbol.finditer(text)]
+        spans += [m.span() for m in _symbol_pattern(ticker).finditer(text)]
     for alias in aliases:
         if alias and alias != ticker:
             spans += [m.span() for m in _alias_pattern(alias).finditer(text)]
@@ -75,6 +83,8 @@ class NameMatcher:
 
     def matches(self, text: str) -> list[tuple[int, str, str]]:
         """(start, name as in the map but lower-cased, ticker) of every name in ``text``."""
+        if not self.by_first:  # no names to find (no ticker map): no pass over the words
+            return []
         lower = text.lower()
         found, end = [], 0
         for word in _WORD.finditer(lower):
@@ -106,13 +116,13 @@ def extract_tickers(text: str, name_map: Mapping[str, str] | NameMatcher | None 
     return list(seen)
 
 
-def spans_to_tokens(offsets: Sequence[tuple[int, int]], spans: Iterable[tuple[int, int]]) -> list[int]:
+def spans_to_tokens(offsets: Sequence[tuple[int, int]] | np.ndarray, spans: Iterable[tuple[int, int]]) -> list[int]:
     """Indices of the tokens whose character offsets overlap any span (special tokens have (0, 0))."""
     spans = list(spans)
-    tokens = []
-    for idx, (start, end) in enumerate(offsets):
-        if end <= start:
-            continue
-        if any(start < s_end and end > s_start for s_start, s_end in spans):
-            tokens.append(idx)
-    return tokens
+    if not spans:
+        return []
+    o = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    s = np.asarray(spans, dtype=np.int64).reshape(-1, 2)
+    real = o[:, 1] > o[:, 0]
+    hit = (o[:, 0:1] < s[None, :, 1]) & (o[:, 1:2] > s[None, :, 0])  # [tokens, spans]
+    return np.flatnonzero(real & hit.any(1)).tolist()

@@ -217,18 +217,25 @@ class Throughput(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any, **kwargs: Any) -> None:
         self.stamps.append(time.perf_counter())
 
-    def figures(self, pl_module: pl.LightningModule, batch_size: int) -> dict[str, Any]:
-        figures: dict[str, Any] = {}
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # here, not after fit(): the module is still on its device (Lightning moves it back at teardown)
+        self.device = str(pl_module.device)
+        self.peak_gb = None
+        if pl_module.device.type == "cuda":
+            import torch
+
+            self.peak_gb = round(torch.cuda.max_memory_allocated(pl_module.device) / 1e9, 3)
+
+    def figures(self, batch_size: int) -> dict[str, Any]:
+        figures: dict[str, Any] = {"device": getattr(self, "device", None)}
         warm = min(10, max(1, len(self.stamps) // 10))
         if len(self.stamps) > warm + 1:
             steps = len(self.stamps) - 1 - warm
             rate = steps / (self.stamps[-1] - self.stamps[warm])
             figures["steady_steps_per_s"] = round(rate, 3)
             figures["steady_samples_per_s"] = round(rate * batch_size, 1)
-        if pl_module.device.type == "cuda":
-            import torch
-
-            figures["gpu_peak_memory_gb"] = round(torch.cuda.max_memory_allocated(pl_module.device) / 1e9, 3)
+        if getattr(self, "peak_gb", None) is not None:
+            figures["gpu_peak_memory_gb"] = self.peak_gb
         return figures
 
 
@@ -345,9 +352,8 @@ def run(config: TrainConfig, run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         train_rows=module.train_rows,
         label_counts=module.label_counts,
         throughput=next(cb for cb in trainer.callbacks if isinstance(cb, Throughput)).figures(  # type: ignore[attr-defined]
-            module, config.data.batch_size * config.trainer.accumulate_grad_batches
+            config.data.batch_size * config.trainer.accumulate_grad_batches
         ),
-        device=str(module.device),
     )
     with full_parameters(trainer):
         if trainer.is_global_zero:

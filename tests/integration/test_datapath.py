@@ -181,3 +181,59 @@ def test_warmup_runs_before_the_job_and_changes_no_score(exported):
     assert scorer.warmup() > 0
     after = scorer.score(articles)
     assert [a["sentiment_probs"] for a in after] == [b["sentiment_probs"] for b in before]
+
+
+def test_prep_worker_processes_give_the_scores_of_the_background_thread(exported, tmp_path):
+    """Windows prepared in two spawned prep processes (all but the first window) score exactly as
+    windows prepared in the scoring process's thread: every head, every row, in input order."""
+    import json
+
+    import pandas as pd
+
+    from inference.score import InferenceOptions, ScoreConfig, run, validate_score_config
+
+    rows = [
+        {"id": a.id, "text": a.text, **({"tickers": a.tickers} if a.tickers else {})}
+        for a in _mixed_articles(90)
+    ]
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    frames = {}
+    for workers in (0, 2):
+        config = ScoreConfig(
+            model_dir=str(exported["merged"]),
+            input=str(path),
+            output_dir=str(tmp_path / f"out{workers}"),
+            inference=InferenceOptions(progress=False, prep_workers=workers, window=16, precision="fp32"),
+        )
+        manifest = run(config, validate_score_config(config))
+        assert manifest["this_run"]["workers"][0]["prep_workers"] == workers
+        frames[workers] = pd.concat(
+            [pd.read_parquet(p) for p in sorted((tmp_path / f"out{workers}").glob("part-*.parquet"))]
+        ).reset_index(drop=True)
+    threaded, pooled = frames[0], frames[2]
+    assert list(pooled["id"]) == [r["id"] for r in rows]
+    pd.testing.assert_frame_equal(pooled, threaded)
+
+
+@pytest.mark.parametrize("backbone", ["tiny_bert", "tiny_llama"])
+def test_the_tokenizer_core_chunks_as_the_transformers_call_does(backbone, request):
+    """The preparer calls the fast tokenizer's Rust core directly: the same chunks (ids, article,
+    mention tokens) as transformers' batch call with truncation, stride and overflowing tokens."""
+    from inference.engine import Preparer
+    from training.modeling import load_tokenizer
+
+    tokenizer = load_tokenizer(request.getfixturevalue(backbone))
+    articles = [(a.text, a.tickers) for a in _mixed_articles(40, seed=7)]
+    fast = Preparer(tokenizer, max_length=32, stride=8, max_chunks=5, ticker_map={"Acme Corp": "ACME"})
+    plain = Preparer(tokenizer, max_length=32, stride=8, max_chunks=5, ticker_map={"Acme Corp": "ACME"})
+    assert fast.backend is not None
+    plain.backend = None  # transformers' tokenizer call
+    got, want = fast(articles), plain(articles)
+    assert got.tokens == want.tokens and got.tickers == want.tickers
+    assert len(got.chunks) == len(want.chunks) > len(articles)  # long articles are cut into several chunks
+    assert any(any(c.entity_tokens) for c in got.chunks)
+    for a, b in zip(got.chunks, want.chunks):
+        assert a.article == b.article
+        assert np.array_equal(a.input_ids, b.input_ids)
+        assert a.entity_tokens == b.entity_tokens

@@ -1,0 +1,106 @@
+"""The scorer's data path: windows of articles prepared (tokenized, chunked, tickers found) ahead of the
+model, in a background thread or in a pool of prep worker processes.
+
+One process cannot tokenize fast enough for a GPU: the Python around the tokenizer (chunking, ticker
+extraction and mention positions) holds the interpreter lock. ``inference.prep_workers`` processes each
+hold a copy of the :class:`~inference.engine.Preparer` (the tokenizer and text options, sent once when
+the pool starts) and prepare whole windows; the scoring process keeps a bounded number of windows in
+flight (``prep_workers + 1``), consumes them in order and only batches, runs the model and writes. With
+``prep_workers=0`` the windows are prepared in one background thread of the scoring process (the layout
+before the pool, best where the model itself needs every core).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from typing import Any
+
+from inference.engine import Article, Prepared, Preparer
+
+_PREPARER: Preparer | None = None
+
+
+def _start_worker(preparer: Preparer) -> None:
+    """A prep process: one tokenizer thread (the pool is the parallelism), then keep the preparer."""
+    global _PREPARER
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    os.environ["RAYON_NUM_THREADS"] = "1"
+    _PREPARER = preparer
+
+
+def _prepare(articles: list[tuple[str, list[str] | None]]) -> Prepared:
+    assert _PREPARER is not None, "prep worker started without a preparer"
+    return _PREPARER(articles)
+
+
+def default_prep_workers(cores: int) -> int:
+    """``inference.prep_workers`` left null: the worker's cores minus one (the one that drives the model)."""
+    return max(0, cores - 1)
+
+
+class PrepPool:
+    """Prepares windows ahead of the model: ``workers`` processes (0: one background thread).
+
+    The first window of each stream is prepared in the background thread and the processes start only
+    when a second window comes (then in the background, while the first is scored): a job of a few
+    rows never pays their start-up (a couple of seconds each: Python, torch and the tokenizer)."""
+
+    def __init__(self, preparer: Preparer, workers: int):
+        self.preparer = preparer
+        self.workers = workers
+        self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare")
+        self.processes: Executor | None = None
+
+    def _processes(self) -> Executor:
+        if self.processes is None:
+            # spawn: a forked child would inherit the parent's CUDA context and torch thread pools
+            self.processes = ProcessPoolExecutor(
+                max_workers=self.workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_start_worker,
+                initargs=(self.preparer,),
+            )
+        return self.processes
+
+    @property
+    def depth(self) -> int:
+        """Windows in flight: one per worker plus the one being scored."""
+        return self.workers + 1 if self.workers else 2
+
+    def submit(self, window: list[Article], first: bool = False) -> Future[Prepared]:
+        pairs = [(a.text, a.tickers) for a in window]
+        if self.workers and not first:
+            return self._processes().submit(_prepare, pairs)
+        return self.thread.submit(self.preparer, pairs)
+
+    def prepared(self, windows: Iterable[list[Article]]) -> Iterator[tuple[list[Article], Prepared]]:
+        """(window, its preparation) in input order, with up to ``depth`` windows prepared ahead."""
+        pending: deque[tuple[list[Article], Future[Prepared]]] = deque()
+        try:
+            for index, window in enumerate(windows):
+                pending.append((window, self.submit(window, first=index == 0)))
+                if len(pending) >= self.depth:
+                    window, future = pending.popleft()
+                    yield window, future.result()
+            while pending:
+                window, future = pending.popleft()
+                yield window, future.result()
+        finally:
+            for _, future in pending:
+                future.cancel()
+
+    def close(self) -> None:
+        self.thread.shutdown(wait=True, cancel_futures=True)
+        if self.processes is not None:
+            self.processes.shutdown(wait=True, cancel_futures=True)
+            self.processes = None
+
+    def __enter__(self) -> PrepPool:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
