@@ -57,6 +57,29 @@ class Prepared(NamedTuple):
     tickers: list[list[str]]
     tokens: int
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Sent back from a prep process packed: every chunk's ids in one array, not thousands of small
+        # arrays each pickled on its own (that took 60 % as long as preparing the window).
+        lengths = np.fromiter((len(c.input_ids) for c in self.chunks), dtype=np.int64, count=len(self.chunks))
+        flat = np.concatenate([c.input_ids for c in self.chunks]) if self.chunks else np.zeros(0, np.int32)
+        owners = [c.article for c in self.chunks]
+        mentions = [c.entity_tokens for c in self.chunks]
+        return (_unpack_prepared, (flat, lengths, owners, mentions, self.tickers, self.tokens))
+
+
+def _unpack_prepared(
+    flat: np.ndarray,
+    lengths: np.ndarray,
+    owners: list[int],
+    mentions: list[list[list[int]]],
+    tickers: list[list[str]],
+    tokens: int,
+) -> Prepared:
+    ends = np.cumsum(lengths).tolist()
+    starts = [0, *ends[:-1]]
+    chunks = [Chunk(a, flat[s:e], m) for a, s, e, m in zip(owners, starts, ends, mentions)]
+    return Prepared(chunks, tickers, tokens)
+
 
 class Preparer:
     """Everything before the model: text -> token chunks with ticker-mention positions.

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from collections import deque
+import queue
+import threading
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any
@@ -78,20 +79,43 @@ class PrepPool:
         return self.thread.submit(self.preparer, pairs)
 
     def prepared(self, windows: Iterable[list[Article]]) -> Iterator[tuple[list[Article], Prepared]]:
-        """(window, its preparation) in input order, with up to ``depth`` windows prepared ahead."""
-        pending: deque[tuple[list[Article], Future[Prepared]]] = deque()
+        """(window, its preparation) in input order, with up to ``depth`` windows prepared ahead.
+
+        A feeder thread reads the windows (the input file is parsed there too) and submits them, so the
+        scoring thread never blocks on the input or on starting a prep process (a spawned process is
+        handed its preparer only once it has imported its modules, a second or two each)."""
+        ready: queue.Queue[Any] = queue.Queue(maxsize=self.depth)
+        stop = threading.Event()
+
+        def feed() -> None:
+            try:
+                for index, window in enumerate(windows):
+                    if stop.is_set():
+                        return
+                    ready.put((window, self.submit(window, first=index == 0)))
+            except BaseException as err:  # noqa: BLE001 - re-raised in the scoring thread
+                ready.put(err)
+                return
+            ready.put(None)
+
+        feeder = threading.Thread(target=feed, name="prepare-feeder", daemon=True)
+        feeder.start()
         try:
-            for index, window in enumerate(windows):
-                pending.append((window, self.submit(window, first=index == 0)))
-                if len(pending) >= self.depth:
-                    window, future = pending.popleft()
-                    yield window, future.result()
-            while pending:
-                window, future = pending.popleft()
+            while (item := ready.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                window, future = item
                 yield window, future.result()
         finally:
-            for _, future in pending:
-                future.cancel()
+            stop.set()
+            while feeder.is_alive() or not ready.empty():  # unblock the feeder, drop what it queued
+                try:
+                    item = ready.get(timeout=0.05)
+                except queue.Empty:
+                    continue
+                if isinstance(item, tuple):
+                    item[1].cancel()
+            feeder.join()
 
     def close(self) -> None:
         self.thread.shutdown(wait=True, cancel_futures=True)

@@ -54,9 +54,9 @@ class UnitScorer:
 
         # the actor's CPU slots: one drives the model, the rest prepare windows (inference.prep_workers)
         workers = config.inference.prep_workers
-        self.record["prep_workers"] = (
-            workers if workers is not None else default_prep_workers(max(1, threads))
-        )
+        if workers is None:  # as inference.score.prep_workers: processes for a GPU actor, the thread on CPU
+            workers = default_prep_workers(max(1, threads)) if device != "cpu" else 0
+        self.record["prep_workers"] = workers
         self.pool = PrepPool(self.scorer.preparer, self.record["prep_workers"])
         self.progress = Progress(self.out, self.record["worker"], 0, enabled=False)
 

@@ -110,8 +110,8 @@ class RunOptions:
     compile: bool = False  # torch.compile(dynamic=True), compiled in a warm-up before the job's timings
     # CPU threads per GPU worker (torch, tokenizer batch encoding); null: this host's cores / its workers
     threads: int | None = None
-    # processes preparing windows ahead of the model (inference/prep.py); null: the worker's cores minus
-    # one; 0: one background thread of the scoring process
+    # processes preparing windows ahead of the model (inference/prep.py); null: on a GPU the worker's
+    # cores minus one, on a CPU 0; 0: one background thread of the scoring process
     prep_workers: int | None = None
     keep_heap: bool = True  # CPU, glibc: large tensors from a heap that keeps freed memory (faster)
     max_error_rate: float | None = None
@@ -627,18 +627,14 @@ def _usable_cores() -> int:
 
 
 def prep_workers(opts: InferenceOptions, device: str) -> int:
-    """Prep processes of this worker: ``inference.prep_workers``, else its cores minus one (a GPU
-    worker's share of the host, :func:`worker_threads`; on CPU the cores this process may use divided
-    among the host's workers)."""
+    """Prep processes of this worker: ``inference.prep_workers``, else on a GPU its share of the host's
+    cores (:func:`worker_threads`) minus the one that drives the model, and on a CPU 0 (the background
+    thread): there the model itself wants every core, and a prep process only competes with it (the
+    scorer measured 3 % fewer docs/s with one on the 2-core box, docs/BENCHMARKS.md "Data path")."""
     if opts.prep_workers is not None:
         return opts.prep_workers
     threads = worker_threads(opts, device)
-    cores = (
-        threads
-        if threads is not None
-        else max(1, _usable_cores() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
-    )
-    return default_prep_workers(cores)
+    return default_prep_workers(threads) if threads is not None and device.startswith("cuda") else 0
 
 
 def worker_precision(requested: str, device: str, job_precision: str | None) -> str:
