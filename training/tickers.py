@@ -116,7 +116,9 @@ def extract_tickers(text: str, name_map: Mapping[str, str] | NameMatcher | None 
     return list(seen)
 
 
-def spans_to_tokens(offsets: Sequence[tuple[int, int]] | np.ndarray, spans: Iterable[tuple[int, int]]) -> list[int]:
+def spans_to_tokens(
+    offsets: Sequence[tuple[int, int]] | np.ndarray, spans: Iterable[tuple[int, int]]
+) -> list[int]:
     """Indices of the tokens whose character offsets overlap any span (special tokens have (0, 0))."""
     spans = list(spans)
     if not spans:
