@@ -747,7 +747,8 @@ def run(config: ScoreConfig, files: list[str], single_process: bool = False) -> 
 
     ``single_process``: ignore a launcher's RANK/WORLD_SIZE (a training job scoring its teacher targets).
     """
-    rank, world, local_rank = (0, 1, 0) if single_process else _dist_env()
+    # single_process (a distillation teacher pass inside a DDP job): one worker, on this rank's own GPU
+    rank, world, local_rank = (0, 1, _dist_env()[2]) if single_process else _dist_env()
     opts = config.inference
     out = Path(config.output_dir)
     if opts.backend == "ray":

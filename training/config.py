@@ -308,7 +308,9 @@ class DistillConfig:
     hidden_weight: float = 0.0
     # Teacher heads to learn from; null: those the teacher was validated on (its newsimpact.json metrics).
     heads: list[str] | None = None
-    precision: str = "fp32"  # the batch scorer's precision for the teacher pass (bf16 on bf16 CPUs/GPUs)
+    # the batch scorer's precision for the teacher pass; auto: bf16 on a GPU (the pass runs on this rank's
+    # GPU), fp32 on the CPU (the recipes in docs/BENCHMARKS.md set bf16 on bf16 CPUs)
+    precision: str = "auto"
     cache_dir: str | None = (
         None  # where the teacher's part files are kept; null: NEWSIMPACT_CACHE_DIR/distill
     )
@@ -680,8 +682,8 @@ def _check_distill(config: TrainConfig, problems: list[str]) -> None:
     for head in distill.heads or []:
         if head not in DISTILL_HEADS:
             problems.append(f"distill.heads: '{head}' is not one of {', '.join(DISTILL_HEADS)}")
-    if distill.precision not in ("fp32", "bf16", "fp16"):
-        problems.append(f"distill.precision='{distill.precision}' must be fp32, bf16 or fp16")
+    if distill.precision not in ("auto", "fp32", "bf16", "fp16"):
+        problems.append(f"distill.precision='{distill.precision}' must be auto, fp32, bf16 or fp16")
 
 
 def entry_point(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:

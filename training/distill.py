@@ -79,6 +79,12 @@ class Teacher:
         from training.modeling import HEADS_FILE, read_meta
 
         self.config = config
+        # auto: bf16 where the teacher pass runs on a GPU (this rank's, inference.score.run), fp32 on a CPU
+        self.precision = config.precision
+        if self.precision == "auto":
+            self.precision = (
+                "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+            )
         self.model_dirs = [str(Path(d).resolve()) for d in teacher_dirs(config.teacher)]
         assert self.model_dirs, "distill.teacher is not set"
         metas = [read_meta(d) for d in self.model_dirs]
@@ -135,7 +141,7 @@ class Teacher:
         # Outputs with embeddings are a folder of their own (the same texts scored without them stay valid).
         suffix = "-emb" if self.hidden else ""
         fingerprint = self.fingerprints[member]
-        return self.root / f"{fingerprint}-{self.config.precision}" / (digest.hexdigest()[:16] + suffix)
+        return self.root / f"{fingerprint}-{self.precision}" / (digest.hexdigest()[:16] + suffix)
 
     def score(self, texts: Sequence[str], name: str) -> dict[str, np.ndarray]:
         """Teacher outputs for ``texts`` (in order): an ensemble's members' outputs averaged (probabilities,
@@ -210,7 +216,7 @@ class Teacher:
             input=str(inputs),
             output_dir=str(out / "scored"),
             inference=InferenceOptions(
-                precision=self.config.precision,
+                precision=self.precision,
                 max_chunks=1,
                 unit_rows=20000,
                 topic_threshold=0.5,

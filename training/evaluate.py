@@ -49,6 +49,8 @@ class EvaluateConfig:
     # data.eval_batch_size, pad_to_multiple_of and num_workers cut the batches; group_by_length sorts the
     # rows by length first (less padding; the metrics do not depend on the order); batch_size is training's
     data: DataConfig = field(default_factory=DataConfig)
+    device: str = "auto"  # auto: the first CUDA GPU when there is one, else the CPU | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto: bf16 on a GPU, fp32 on the CPU (the figures in the docs) | fp32 | bf16
 
 
 register_schema("evaluate_schema", EvaluateConfig)
@@ -58,6 +60,12 @@ def validate_evaluate_config(config: EvaluateConfig) -> None:
     from training.config import _check_source
 
     problems: list[str] = []
+    if config.precision not in ("auto", "fp32", "bf16", "fp16"):
+        problems.append(f"precision='{config.precision}' must be auto, fp32, bf16 or fp16")
+    if config.device not in ("auto", "cpu") and not config.device.startswith("cuda"):
+        problems.append(f"device='{config.device}' must be auto, cpu, cuda or cuda:N")
+    elif config.device.startswith("cuda") and not torch.cuda.is_available():
+        problems.append(f"device='{config.device}' but this machine has no CUDA GPU; use device=auto or cpu")
     if not (Path(config.model_dir) / META_FILE).exists():
         problems.append(
             f"model_dir='{config.model_dir}' has no {META_FILE}; export a run first (training.export)"
@@ -74,12 +82,39 @@ def validate_evaluate_config(config: EvaluateConfig) -> None:
         raise ConfigError(problems)
 
 
+def resolve_device(device: str, precision: str) -> tuple[torch.device, str]:
+    """``device=auto``: the first CUDA GPU when there is one; ``precision=auto``: bf16 there, fp32 on CPU."""
+    dev = torch.device(
+        "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+    )
+    if precision == "auto":
+        precision = "bf16" if dev.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    return dev, precision
+
+
+def _autocast(device: torch.device, precision: str) -> Any:
+    import contextlib
+
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
 @torch.no_grad()
-def predict(model: NewsImpactModel, loader: DataLoader) -> dict[str, torch.Tensor]:
-    """Run the model over a labelled loader; returns predictions and targets, concatenated."""
+def predict(
+    model: NewsImpactModel, loader: DataLoader, device: torch.device | None = None, precision: str = "fp32"
+) -> dict[str, torch.Tensor]:
+    """Run the model over a labelled loader (on ``device``, in ``precision``); returns predictions and
+    targets, concatenated on the CPU."""
+    device = device or torch.device("cpu")
     keep: dict[str, list[torch.Tensor]] = {}
     for batch in tqdm(loader, desc="evaluate", unit="batch"):
-        out = head_outputs(model(batch["input_ids"], batch["attention_mask"], batch["entity_mask"]))
+        inputs = [
+            batch[k].to(device, non_blocking=True) for k in ("input_ids", "attention_mask", "entity_mask")
+        ]
+        with _autocast(device, precision):
+            raw = model(*inputs)
+        out = {k: v.float().cpu() for k, v in head_outputs(raw).items()}
         items = {
             "sentiment_probs": out["sentiment_probs"],
             "sentiment_id": batch["sentiment_id"],
@@ -237,14 +272,20 @@ def compute_metrics(
     return metrics
 
 
-def training_style_metrics(model: NewsImpactModel, loader: DataLoader) -> dict[str, float]:
+def training_style_metrics(
+    model: NewsImpactModel, loader: DataLoader, device: torch.device | None = None, precision: str = "fp32"
+) -> dict[str, float]:
     """The metrics exactly as the Lightning module logs them during validation (for cross-checks)."""
+    device = device or torch.device("cpu")
     scale = Scale.of(model.schema)
     membership = torch.tensor(scale.membership, dtype=torch.float32) if scale.refines else None
-    metrics = HeadMetrics(len(model.schema.sentiment_labels), len(model.schema.topics), membership)
+    metrics = HeadMetrics(len(model.schema.sentiment_labels), len(model.schema.topics), membership).to(device)
     with torch.no_grad():
         for batch in loader:
-            metrics.update(model(batch["input_ids"], batch["attention_mask"], batch["entity_mask"]), batch)
+            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            with _autocast(device, precision):
+                out = model(batch["input_ids"], batch["attention_mask"], batch["entity_mask"])
+            metrics.update({k: v.float() for k, v in out.items()}, batch)
     return metrics.compute()
 
 
@@ -365,12 +406,14 @@ def run(config: EvaluateConfig) -> dict[str, Any]:
         num_workers=config.data.num_workers,
         collate_fn=Collator(tokenizer.pad_token_id, len(schema.topics), config.data.pad_to_multiple_of),
     )
-    pred = predict(model, loader)
+    device, precision = resolve_device(config.device, config.precision)
+    model.to(device).eval()
+    pred = predict(model, loader, device, precision)
     scale = Scale.of(schema)
     missing = untrained(meta.get("label_counts"), scale)["sentiment"]
     taught = np.array([label not in missing for label in schema.sentiment_labels])
     metrics = compute_metrics(pred, schema.sentiment_labels, schema.topics, scale, taught)
-    metrics["training_style"] = training_style_metrics(model, loader)
+    metrics["training_style"] = training_style_metrics(model, loader, device, precision)
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     metrics["plots"] = plot(pred, schema.sentiment_labels, out)
@@ -378,6 +421,8 @@ def run(config: EvaluateConfig) -> dict[str, Any]:
         "model_dir": str(Path(config.model_dir).resolve()),
         "sources": list(config.data.sources),
         "split": config.split,
+        "device": str(device),
+        "precision": precision,
         "rows": len(ds),
         "seconds": round(time.perf_counter() - start, 1),
     }

@@ -106,12 +106,33 @@ def _checkpoint_path(run_dir: Path, which: str) -> Path | None:
     return Path(which)
 
 
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """A Lightning checkpoint: a file, or the folder ``trainer=deepspeed`` writes (ZeRO shards), which
+    Lightning's DeepSpeed utility (DeepSpeed's zero_to_fp32) consolidates into one fp32 state dict."""
+    if not path.is_dir():
+        return torch.load(path, map_location="cpu", weights_only=False)
+    import importlib.util
+    import tempfile
+
+    if importlib.util.find_spec("deepspeed") is None:
+        raise ConfigError(
+            [
+                f"{path} is a DeepSpeed checkpoint folder; reading it needs DeepSpeed: "
+                "pip install 'newsimpact[deepspeed]'"
+            ]
+        )
+    from pytorch_lightning.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return convert_zero_checkpoint_to_fp32_state_dict(path, Path(tmp) / "consolidated.pt")
+
+
 def load_run_model(run_dir: Path, checkpoint: str = "final") -> NewsImpactModel:
     """The run's model in float32, with the weights of the chosen checkpoint."""
     model = load_trained(run_dir / "adapter")
     ckpt = _checkpoint_path(run_dir, checkpoint)
     if ckpt is not None:
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+        state = read_checkpoint(ckpt)["state_dict"]
         # Lightning stores the module's keys as "model.<name>"; peft's are named like the live model's. Other
         # keys are training-only parts of the module (distill.hidden_weight's projection), not the model's.
         state = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}

@@ -295,6 +295,8 @@ def load_backbone(model_cfg: ModelConfig, peft_cfg: PeftConfig | None = None) ->
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = BitsAndBytesConfig(**peft_cfg.quantization)
+        # each DDP rank's 4-bit backbone on its own GPU (without a map every rank loads onto cuda:0)
+        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
     backbone = detach_pooler(AutoModel.from_pretrained(model_cfg.pretrained_model_name_or_path, **kwargs))
     if model_cfg.gradient_checkpointing:
         backbone.gradient_checkpointing_enable()

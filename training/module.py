@@ -243,10 +243,15 @@ class NewsImpactModule(pl.LightningModule):
         class_weights: torch.Tensor | None = None,
         distill: DistillConfig | None = None,
         teacher_width: int | None = None,
+        class_weight_power: float | None = None,
     ):
         super().__init__()
         self.model = model.train()  # from_pretrained hands it over in eval mode (see on_fit_start)
         self.register_buffer("class_weights", class_weights, persistent=False)
+        # Class weights from the training split, computed in setup(): after Lightning has set the data
+        # module up (rank 0 builds the datasets cache first), not before the Trainer exists, where every
+        # DDP rank would build it at once.
+        self.class_weight_power = class_weight_power
         self.optim = optim
         self.loss_weights = loss_weights
         self.distill = distill if distill is not None and distill.teacher else None
@@ -402,6 +407,12 @@ class NewsImpactModule(pl.LightningModule):
                 missing["sentiment"] or "[]",
                 missing["topics"] or "[]",
             )
+
+    def setup(self, stage: str) -> None:
+        if self.class_weight_power is not None and self.class_weights is None:
+            datamodule = getattr(self.trainer, "datamodule", None)
+            if datamodule is not None and hasattr(datamodule, "class_weights"):
+                self.class_weights = datamodule.class_weights(self.class_weight_power).to(self.device)
 
     def on_fit_start(self) -> None:
         self._count_labels()

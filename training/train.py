@@ -297,18 +297,14 @@ def run(config: TrainConfig, run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     )
     model = build_model(config.model, config.peft, schema)
     powers = {"balanced": 1.0, "sqrt_balanced": 0.5}
-    class_weights = (
-        datamodule.class_weights(powers[config.loss.sentiment_class_weights])
-        if config.loss.sentiment_class_weights in powers
-        else None
-    )
     module = NewsImpactModule(
         model,
         config.optim,
         config.loss,
-        class_weights,
+        None,
         config.distill,
         teacher_width=teacher.width if teacher is not None else None,
+        class_weight_power=powers.get(config.loss.sentiment_class_weights or ""),
     )
     trainer = build_trainer(config, run_path, model)
 

@@ -2,7 +2,7 @@
 
 The whole check (every stage) takes ~3.5 minutes on the 2-core box, too long for CI: this runs the kit
 and three stages that exercise the driver's paths (a plain stage, a training config refused on the CPU,
-and two scoring runs on a model made without a Trainer). `bash scripts/gpu_check.sh --cpu .gpu OUT` runs
+and a forward pass on the model the check makes without a Trainer). `bash scripts/gpu_check.sh --cpu .gpu OUT` runs
 them all.
 """
 
@@ -33,7 +33,7 @@ def test_gpu_check_runs_offline_from_a_kit_and_reports_every_stage(tmp_path):
     out = tmp_path / "out"
     env = {"PATH": "/usr/bin:/bin", "PYTHON": sys.executable, "HOME": str(tmp_path)}
     got = subprocess.run(
-        ["bash", "scripts/gpu_check.sh", "--cpu", str(kit), str(out), "--only", "env,train_fsdp,gpu_vs_cpu"],
+        ["bash", "scripts/gpu_check.sh", "--cpu", str(kit), str(out), "--only", "env,train_fsdp,forward"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -44,15 +44,16 @@ def test_gpu_check_runs_offline_from_a_kit_and_reports_every_stage(tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert results["machine"]["mode"].startswith("cpu")
     stages = results["stages"]
-    assert list(stages) == ["env", "train_fsdp", "gpu_vs_cpu"]
+    assert list(stages) == ["env", "train_fsdp", "forward"]
     for name, entry in stages.items():
         assert entry["ok"] is True, (name, entry.get("error"))
         assert isinstance(entry["seconds"], float | int)
     assert stages["env"]["cuda"] is False
     # Lightning's FSDP needs CUDA: on the CPU the check is the one-line refusal, before any work
     assert "trainer.strategy=fsdp needs CUDA GPUs" in stages["train_fsdp"]["refused_on_cpu"]
-    diff = stages["gpu_vs_cpu"]["max_abs_diff"]
-    assert diff["label_agreement"] == 1.0 and diff["sentiment_probs"] < 1e-5  # fp32 on both sides here
+    # forward: on the model the check makes without a Trainer when no training stage ran before it
+    assert stages["forward"]["tokens_s"] > 0 and stages["forward"]["matmul_params"] > 0
+    assert (out / "FALLBACK_MODEL").exists()
     assert (out / "log.txt").stat().st_size > 0
 
 

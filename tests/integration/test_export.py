@@ -190,3 +190,20 @@ def test_topic_attention_runs_exports_and_scores_the_same(tiny_bert, tmp_path):
     assert reference_topics.shape[1] > 0
     assert np.abs(topics["merged"] - reference_topics).max() < 1e-4
     assert np.abs(topics["onnx"] - reference_topics).max() < 1e-3
+
+
+def test_a_deepspeed_checkpoint_folder_is_read_with_deepspeed_or_refused_by_name(trained_run, tmp_path):
+    """trainer=deepspeed writes checkpoint folders: export consolidates one with DeepSpeed's zero_to_fp32
+    (through Lightning's utility) where DeepSpeed is installed; without it, a one-line error names the fix."""
+    import importlib.util
+
+    from training.export import read_checkpoint
+
+    folder = tmp_path / "step8.ckpt"
+    (folder / "checkpoint").mkdir(parents=True)
+    if importlib.util.find_spec("deepspeed") is not None:
+        pytest.skip("DeepSpeed is installed: a real ZeRO folder is needed to test the conversion")
+    with pytest.raises(ConfigError, match=r"newsimpact\[deepspeed\]"):
+        read_checkpoint(folder)
+    last = trained_run / "checkpoints" / "last.ckpt"
+    assert "state_dict" in read_checkpoint(last)  # a file is a plain torch checkpoint

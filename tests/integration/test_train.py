@@ -170,3 +170,33 @@ def test_every_training_step_runs_in_train_mode(tiny_bert, tmp_path, monkeypatch
     info = run(compose_train(tiny_overrides(tiny_bert, run_dir) + overrides), run_dir)
     assert info["val_history"] and len(info["val_history"]) >= 1  # validation ran between the epochs
     assert len(modes) == info["global_step"] >= 2 and all(modes)
+
+
+def test_class_weights_come_from_the_set_up_data_module_and_run_json_has_throughput(
+    tiny_bert, tmp_path, monkeypatch
+):
+    """loss.sentiment_class_weights is computed in the module's setup, from the data module Lightning has
+    set up (so DDP ranks read rank 0's datasets cache instead of all building it before the Trainer
+    exists); run.json records the device and steady step rate."""
+    import training.train as train_module
+    from training.modeling import balanced_class_weights
+
+    seen = []
+
+    class Recording(train_module.NewsImpactModule):
+        def on_fit_start(self):
+            seen.append((self.class_weights.clone(), self.trainer.datamodule))
+            super().on_fit_start()
+
+    monkeypatch.setattr(train_module, "NewsImpactModule", Recording)
+    run_dir = tmp_path / "run"
+    config = compose_train(
+        tiny_overrides(tiny_bert, run_dir)
+        + ["trainer.max_steps=14", "trainer.max_epochs=-1", "loss.sentiment_class_weights=balanced"]
+    )
+    info = run(config, run_dir)
+    ((weights, datamodule),) = seen
+    labels = torch.tensor(datamodule.splits["train"]["sentiment_id"])
+    assert torch.allclose(weights, balanced_class_weights(labels, len(config.schema.sentiment_labels)))
+    assert not torch.allclose(weights, torch.ones_like(weights))
+    assert info["throughput"]["device"] == "cpu" and info["throughput"]["steady_steps_per_s"] > 0

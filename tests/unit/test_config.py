@@ -61,8 +61,13 @@ def _experiment_text(name: str) -> str:
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_every_experiment_composes_and_validates(experiment, request, tmp_path):
+def test_every_experiment_composes_and_validates(experiment, request, tmp_path, monkeypatch):
     overrides = [f"experiment={experiment}"]
+    if "/trainer: gpu" in _experiment_text(experiment):
+        # a GPU recipe: validated as on a GPU machine (on this one it is refused: the test below)
+        import torch
+
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     if "/model: mpnet" in _experiment_text(experiment):
         # CI has no mpnet extra: the packaged weights are the resolver's business (test_packaged_models.py)
         overrides.append(f"model.pretrained_model_name_or_path={request.getfixturevalue('tiny_mpnet')}")
@@ -190,3 +195,30 @@ def test_every_validation_metric_is_a_monitor_key(labels):
     assert sorted(f"val/{key}" for key in metrics.compute()) == sorted(
         set(monitor_keys(schema)) - {"val/loss"}
     )
+
+
+def test_trainer_configs_that_cannot_run_here_stop_before_any_work(monkeypatch):
+    """No config silently trains on the CPU of a GPU box, and none fails at its first step: FSDP and
+    DeepSpeed without CUDA, trainer=gpu without a GPU and qlora without CUDA are refused by name."""
+    import torch
+
+    from tests.conftest import compose_train
+    from training.config import trainer_problems
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert compose_train([]).trainer.accelerator == "auto"  # the default follows the machine
+    assert trainer_problems(compose_train([])) == []
+    assert trainer_problems(compose_train(["trainer=cpu"])) == []
+    assert compose_train(["trainer=cpu"]).trainer.accelerator == "cpu"
+    fsdp = " ".join(trainer_problems(compose_train(["trainer=fsdp", "trainer.accelerator=cpu"])))
+    assert "trainer.strategy=fsdp needs CUDA GPUs" in fsdp and "trainer=ddp trainer.accelerator=cpu" in fsdp
+    gpu = " ".join(trainer_problems(compose_train(["trainer=gpu"])))
+    assert "trainer.accelerator=gpu" in gpu and "trainer=cpu" in gpu
+    deepspeed = " ".join(trainer_problems(compose_train(["trainer=deepspeed", "trainer.accelerator=auto"])))
+    assert "trainer.strategy=deepspeed_stage_2 needs CUDA GPUs" in deepspeed
+    assert "trainer.accelerator=gpu" in " ".join(trainer_problems(compose_train(["trainer=deepspeed"])))
+    assert "peft=qlora" in " ".join(trainer_problems(compose_train(["peft=qlora"])))
+    ddp = compose_train(["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"])
+    assert trainer_problems(ddp) == []  # DDP on CPUs (gloo): what the tests run
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert trainer_problems(compose_train(["trainer=fsdp"])) == []

@@ -320,3 +320,103 @@ def test_topic_attention_starts_as_mean_pooling_and_ignores_padding(tiny_bert):
     assert not torch.allclose(moved[1, 0], same[1, 0], atol=1e-3)
     assert torch.allclose(moved[:, 1:], same[:, 1:], atol=1e-5)
     assert ModelConfig().topic_pooling == "chunk"
+
+
+def _subset_reference(out, batch, class_weights, smoothing, membership):
+    """The masked losses computed the plain way, on the labelled rows only (boolean indexing, as the
+    losses did before they dropped their host syncs): what the sync-free losses must equal."""
+    import torch.nn.functional as F
+
+    target, group = batch["sentiment_id"], batch["sentiment_group"]
+    fine, coarse = target != -100, (target == -100) & (group >= 0)
+    total, count = torch.zeros(()), torch.zeros(())
+    if fine.any():
+        per_row = F.cross_entropy(
+            out["sentiment_logits"][fine], target[fine], weight=class_weights, label_smoothing=smoothing,
+            reduction="none",
+        )  # fmt: skip
+        total = total + per_row.sum()
+        count = count + (class_weights[target[fine]].sum() if class_weights is not None else fine.sum())
+    if coarse.any():
+        log_p = torch.log_softmax(out["sentiment_logits"][coarse], -1)
+        member = membership > 0
+        per_group = -torch.logsumexp(log_p[:, None, :].masked_fill(~member[None], float("-inf")), -1)
+        nll = per_group.gather(1, group[coarse][:, None]).squeeze(1)
+        nll = (1 - smoothing) * nll + smoothing * per_group.mean(1) if smoothing else nll
+        total, count = total + nll.sum(), count + coarse.sum()
+    losses = {"sentiment": total / count.clamp(min=1)}
+    for key, pred in (("sentiment_score", out["sentiment_score"]), ("impact", out["impact_logits"])):
+        rows = ~torch.isnan(batch[key])
+        if not rows.any():
+            losses[key] = torch.zeros(())
+        elif key == "impact":
+            losses[key] = F.binary_cross_entropy_with_logits(pred[rows], batch[key][rows])
+        else:
+            losses[key] = ((pred[rows] - batch[key][rows]) ** 2).mean()
+    rows = ~torch.isnan(batch["topic_targets"])
+    losses["topics"] = (
+        F.binary_cross_entropy_with_logits(out["topic_logits"][rows], batch["topic_targets"][rows])
+        if rows.any()
+        else torch.zeros(())
+    )
+    rows = ~torch.isnan(batch["entity_scores"])
+    losses["tickers"] = (
+        ((out["ticker_score"][rows] - batch["entity_scores"][rows]) ** 2).mean()
+        if rows.any()
+        else torch.zeros(())
+    )
+    return losses
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_sync_free_masked_losses_equal_the_labelled_rows_mean(seed):
+    """Every head's loss without ``mask.any()`` or boolean indexing (no host sync per step) equals the mean
+    over the rows that carry its label, for mixes where some heads have no label at all, with class
+    weights, label smoothing and coarse-only rows; an unlabelled head gives 0 and a zero gradient."""
+    from training.config import SchemaConfig
+    from training.scale import Scale
+
+    gen = torch.Generator().manual_seed(seed)
+    scale = Scale.of(SchemaConfig())  # five levels: coarse-only rows name a class of several labels
+    n, k, topics, slots = 12, len(scale.labels), 4, 3
+
+    def some(values, p):  # NaN (unlabelled) where a coin says so; every value NaN for p = 1
+        drop = torch.rand(values.shape, generator=gen) < p
+        return values.masked_fill(drop, float("nan"))
+
+    p_missing = [0.0, 0.5, 1.0][seed % 3]
+    target = torch.randint(0, k, (n,), generator=gen)
+    target = target.masked_fill(torch.rand(n, generator=gen) < max(p_missing, 0.3), -100)
+    group = torch.randint(0, len(scale.coarse), (n,), generator=gen).masked_fill(target != -100, -1)
+    batch = {
+        "sentiment_id": target,
+        "sentiment_group": group,
+        "sentiment_score": some(torch.rand(n, generator=gen) * 2 - 1, p_missing),
+        "impact": some(torch.rand(n, generator=gen), p_missing),
+        "topic_targets": some(torch.randint(0, 2, (n, topics), generator=gen).float(), p_missing),
+        "entity_scores": some(torch.rand(n, slots, generator=gen) * 2 - 1, p_missing),
+    }
+    out = {
+        "sentiment_logits": torch.randn(n, k, generator=gen, requires_grad=True),
+        "sentiment_score": torch.randn(n, generator=gen, requires_grad=True),
+        "impact_logits": torch.randn(n, generator=gen, requires_grad=True),
+        "topic_logits": torch.randn(n, topics, generator=gen, requires_grad=True),
+        "ticker_score": torch.randn(n, slots, generator=gen, requires_grad=True),
+    }
+    weights = torch.rand(k, generator=gen) + 0.5 if seed % 2 else None
+    smoothing = 0.1 if seed >= 3 else 0.0
+    membership = torch.as_tensor(scale.membership, dtype=torch.float32)
+    got = compute_losses(out, batch, LossConfig(sentiment_label_smoothing=smoothing), weights, membership)
+    want = _subset_reference(out, batch, weights, smoothing, membership)
+    for head, value in want.items():
+        assert got[head].item() == pytest.approx(value.item(), rel=1e-5, abs=1e-6), head
+    got["loss"].backward()
+    for name, tensor in out.items():
+        assert torch.isfinite(tensor.grad).all(), name
+    if p_missing == 1.0:  # no label for the regression, topic and ticker heads: zero loss, zero gradient
+        for head, name in (
+            ("impact", "impact_logits"),
+            ("topics", "topic_logits"),
+            ("tickers", "ticker_score"),
+        ):
+            assert got[head].item() == 0.0 and not out[name].grad.any()
