@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -115,7 +114,7 @@ def main() -> None:
     parser.add_argument("--report", default=str(REPO / "docs" / "bench_datapath.json"))
     args = parser.parse_args()
 
-    from bench_inference import make_corpus, make_model
+    from bench_inference import machine, make_corpus, make_model
 
     from inference.engine import Scorer, configure_process
 
@@ -130,11 +129,7 @@ def main() -> None:
         preparer = scorer.preparer
         report: dict = {
             "command": " ".join([Path(sys.executable).name, *sys.argv]),
-            "machine": {
-                "platform": platform.platform(),
-                "processor": platform.processor(),
-                "cpus": os.cpu_count(),
-            },
+            "machine": machine(),
             "docs": len(articles),
         }
         report.update(

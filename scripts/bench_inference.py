@@ -78,6 +78,11 @@ def make_model(workdir: Path, base_model: str | None) -> Path:
     return out
 
 
+def machine() -> dict:
+    """The machine line of a report."""
+    return {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()}
+
+
 # -- phases, each in a child process -------------------------------------------------------------------
 def phase_pipeline(model_dir: str, corpus: str, batch_size: int) -> dict:
     import torch
@@ -176,11 +181,7 @@ def main() -> None:
         common = ["--model-dir", model_dir, "--corpus", str(corpus)]
         report: dict = {
             "command": " ".join([Path(sys.executable).name, *sys.argv]),
-            "machine": {
-                "platform": platform.platform(),
-                "processor": platform.processor(),
-                "cpus": os.cpu_count(),
-            },
+            "machine": machine(),
             "docs": args.docs,
             "precision": args.precision,
         }
