@@ -668,60 +668,93 @@ class Scorer:
         total = kept.sum()
         return kept / total if total > 0 else p
 
+    def _taught_rows(self, p: np.ndarray) -> np.ndarray:
+        """:meth:`_taught` for every row of ``p`` [A, K] at once."""
+        if self.class_mask.all():
+            return p
+        kept = p * self.class_mask
+        for members in self.scale.members:
+            have = kept[:, members].sum(1)
+            factor = np.where(have > 0, p[:, members].sum(1) / np.where(have > 0, have, 1.0), 1.0)
+            kept[:, members] *= factor[:, None]
+        total = kept.sum(1, keepdims=True)
+        return np.where(total > 0, kept / np.where(total > 0, total, 1.0), p)
+
     def _aggregate(
         self, articles, chunks, tickers, probs, score, impact, topic, ticker_scores, states=None
     ) -> list[dict[str, Any]]:
-        by_article: dict[int, list[int]] = {}
-        for i, chunk in enumerate(chunks):
-            by_article.setdefault(chunk.article, []).append(i)
+        """One record per article from its chunks' outputs, with array operations over the whole window
+        (segment sums and maxima over each article's run of chunks), not a Python loop per article: on a
+        GPU this runs in the scoring process for every article. The rules are :meth:`_chunk_weights`'
+        and :meth:`_taught`'s (a test compares them article by article)."""
+        n = len(chunks)
+        owner = np.fromiter((c.article for c in chunks), dtype=np.int64, count=n)
+        lengths = np.fromiter((len(c.input_ids) for c in chunks), dtype=np.float64, count=n)
+        # The preparer emits each article's chunks together, in text order: one run per article.
+        starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
+        if len(starts) != len(articles) or not np.array_equal(owner[starts], np.arange(len(articles))):
+            raise ValueError("chunks must come grouped by article, in article order (Preparer's output)")
+        counts = np.diff(np.r_[starts, n])
+        if self.sentiment_aggregation == "first":
+            weights = np.zeros(n)
+            weights[starts] = 1.0
+        elif self.sentiment_aggregation == "stance" and self.scale.neutral is not None:
+            stance = 1.0 - self.scale.coarse_probs(probs)[:, self.scale.neutral]
+            weights = lengths * (stance + 1e-6)  # all-neutral chunks: back to the length-weighted mean
+        else:
+            weights = lengths
+        weights = weights / np.repeat(np.add.reduceat(weights, starts), counts)
+        p = self._taught_rows(np.add.reduceat(probs * weights[:, None], starts))
+        raw_score = (
+            self.scale.expected_score(p)
+            if "sentiment_score" in self.untrained_heads
+            else np.add.reduceat(score * weights, starts)
+        )
+        label, coarse, banded = self.scale.card(p, raw_score, self.class_mask)
+        taught = np.asarray(self.taught_topics, dtype=np.int64)
+        topic_rows = (
+            np.maximum.reduceat(topic, starts)[:, taught] if len(taught) else np.zeros((len(starts), 0))
+        )
+        if "impact" in self.untrained_heads:
+            impacts: list[float | None] = [None] * len(starts)
+        elif self.impact_aggregation == "max":
+            impacts = np.maximum.reduceat(impact, starts).tolist()
+        else:
+            impacts = np.add.reduceat(impact * weights, starts).tolist()
+        embeddings = np.add.reduceat(states * weights[:, None], starts) if states is not None else None
+        topic_names = [self.topics[i] for i in self.taught_topics]
+        labels, coarses, banded_l = label.tolist(), coarse.tolist(), banded.tolist()
+        p_rows, t_rows = p.tolist(), topic_rows.tolist()
         records = []
         for a, article in enumerate(articles):
-            idx = by_article[a]
-            weights = self._chunk_weights([len(chunks[i].input_ids) for i in idx], probs[idx])
-            p = self._taught((probs[idx] * weights[:, None]).sum(0))
-            raw_score = (
-                self.scale.expected_score(p)
-                if "sentiment_score" in self.untrained_heads
-                else (score[idx] * weights).sum()
-            )
-            label, coarse, banded = self.scale.card(p[None], np.array([raw_score]), self.class_mask)
-            t = topic[idx].max(0)
             ticker_out = []
+            first = int(starts[a])
             for k, ticker in enumerate(tickers[a]):
-                found = [ticker_scores[i][k] for i in idx if k in ticker_scores[i]]
+                found = [
+                    ticker_scores[i][k] for i in range(first, first + counts[a]) if k in ticker_scores[i]
+                ]
                 value = None
                 if found and "tickers" not in self.untrained_heads:
-                    total = sum(n for _, n in found)
-                    value = float(sum(s * n for s, n in found) / total)
+                    total = sum(m for _, m in found)
+                    value = float(sum(s * m for s, m in found) / total)
                 ticker_out.append({"ticker": ticker, "sentiment_score": value})
-            records.append(
-                {
-                    "id": article.id,
-                    "sentiment": self.labels[int(label[0])],
-                    "sentiment_coarse": self.scale.coarse[int(coarse[0])],
-                    "sentiment_probs": [float(x) for x in p],
-                    "sentiment_score": float(banded[0]),
-                    "impact": None
-                    if "impact" in self.untrained_heads
-                    else float(
-                        impact[idx].max()
-                        if self.impact_aggregation == "max"
-                        else (impact[idx] * weights).sum()
-                    ),
-                    "topics": [self.topics[i] for i in self.taught_topics if t[i] >= self.topic_threshold],
-                    "topic_scores": [
-                        {"topic": self.topics[i], "score": float(t[i])} for i in self.taught_topics
-                    ],
-                    "tickers": ticker_out,
-                    "n_chunks": len(idx),
-                    **(
-                        {"embedding": (states[idx] * weights[:, None]).sum(0).tolist()}
-                        if states is not None
-                        else {}
-                    ),
-                    **article.extra,
-                }
-            )
+            t = t_rows[a]
+            record = {
+                "id": article.id,
+                "sentiment": self.labels[labels[a]],
+                "sentiment_coarse": self.scale.coarse[coarses[a]],
+                "sentiment_probs": p_rows[a],
+                "sentiment_score": banded_l[a],
+                "impact": impacts[a],
+                "topics": [name for name, x in zip(topic_names, t) if x >= self.topic_threshold],
+                "topic_scores": [{"topic": name, "score": x} for name, x in zip(topic_names, t)],
+                "tickers": ticker_out,
+                "n_chunks": int(counts[a]),
+            }
+            if embeddings is not None:
+                record["embedding"] = embeddings[a].tolist()
+            record.update(article.extra)
+            records.append(record)
         return records
 
 

@@ -237,3 +237,96 @@ def test_the_tokenizer_core_chunks_as_the_transformers_call_does(backbone, reque
         assert a.article == b.article
         assert np.array_equal(a.input_ids, b.input_ids)
         assert a.entity_tokens == b.entity_tokens
+
+
+def _per_article_reference(
+    scorer, articles, chunks, tickers, probs, score, impact, topic, ticker_scores, states
+):
+    """The aggregation written article by article (the scorer's rules before they became segment
+    operations over the window): what the vectorised records must equal."""
+    by_article: dict[int, list[int]] = {}
+    for i, chunk in enumerate(chunks):
+        by_article.setdefault(chunk.article, []).append(i)
+    records = []
+    for a, article in enumerate(articles):
+        idx = by_article[a]
+        weights = scorer._chunk_weights([len(chunks[i].input_ids) for i in idx], probs[idx])
+        p = scorer._taught((probs[idx] * weights[:, None]).sum(0))
+        raw = (
+            scorer.scale.expected_score(p)
+            if "sentiment_score" in scorer.untrained_heads
+            else (score[idx] * weights).sum()
+        )
+        label, coarse, banded = scorer.scale.card(p[None], np.array([raw]), scorer.class_mask)
+        t = topic[idx].max(0)
+        tick = []
+        for k, ticker in enumerate(tickers[a]):
+            found = [ticker_scores[i][k] for i in idx if k in ticker_scores[i]]
+            value = None
+            if found and "tickers" not in scorer.untrained_heads:
+                value = sum(s * m for s, m in found) / sum(m for _, m in found)
+            tick.append({"ticker": ticker, "sentiment_score": value})
+        records.append(
+            {
+                "id": article.id,
+                "sentiment": scorer.labels[int(label[0])],
+                "sentiment_coarse": scorer.scale.coarse[int(coarse[0])],
+                "sentiment_probs": list(p),
+                "sentiment_score": float(banded[0]),
+                "impact": None
+                if "impact" in scorer.untrained_heads
+                else float(
+                    impact[idx].max() if scorer.impact_aggregation == "max" else (impact[idx] * weights).sum()
+                ),
+                "topics": [scorer.topics[i] for i in scorer.taught_topics if t[i] >= scorer.topic_threshold],
+                "topic_scores": [
+                    {"topic": scorer.topics[i], "score": float(t[i])} for i in scorer.taught_topics
+                ],
+                "tickers": tick,
+                "n_chunks": len(idx),
+                "embedding": list((states[idx] * weights[:, None]).sum(0)),
+            }
+        )
+    return records
+
+
+@pytest.mark.parametrize(
+    ("sentiment_rule", "impact_rule", "untaught"),
+    [("stance", "max", False), ("mean", "mean", True), ("first", "max", True), ("stance", "mean", True)],
+)
+def test_window_aggregation_equals_the_per_article_rules(exported, sentiment_rule, impact_rule, untaught):
+    """Records built with segment operations over the window equal the per-article rules: every
+    aggregation rule, untaught classes and topics, untrained heads, tickers, embeddings."""
+    scorer = Scorer(
+        str(exported["merged"]),
+        batch_tokens=1024,
+        embeddings=True,
+        sentiment_aggregation=sentiment_rule,
+        impact_aggregation=impact_rule,
+        topic_threshold=0.3,
+    )
+    if untaught:  # as a model whose label_counts miss a class, a topic and two heads
+        scorer.class_mask = np.array([i != 1 for i in range(len(scorer.labels))])
+        scorer.taught_topics = scorer.taught_topics[1:]
+        scorer.untrained_heads = {"sentiment_score", "impact"}
+    articles = _mixed_articles(50, seed=11)
+    chunks, tickers, _ = scorer.prepare(articles)
+    outputs = scorer.chunk_outputs(chunks)
+    assert any(c > 1 for c in np.bincount([c.article for c in chunks]))  # long articles: several chunks
+    got = scorer._aggregate(articles, chunks, tickers, *outputs)
+    want = _per_article_reference(scorer, articles, chunks, tickers, *outputs)
+    assert len(got) == len(want) == len(articles)
+    for g, w in zip(got, want):
+        for key in ("id", "sentiment", "sentiment_coarse", "topics", "n_chunks"):
+            assert g[key] == w[key], key
+        for key in ("sentiment_probs", "embedding"):
+            np.testing.assert_allclose(g[key], w[key], rtol=1e-9, atol=1e-12)
+        assert g["sentiment_score"] == pytest.approx(w["sentiment_score"], abs=1e-12)
+        assert (g["impact"] is None) == (w["impact"] is None)
+        if w["impact"] is not None:
+            assert g["impact"] == pytest.approx(w["impact"], abs=1e-12)
+        assert [x["topic"] for x in g["topic_scores"]] == [x["topic"] for x in w["topic_scores"]]
+        np.testing.assert_allclose(
+            [x["score"] for x in g["topic_scores"]], [x["score"] for x in w["topic_scores"]]
+        )
+        assert g["tickers"] == w["tickers"]
