@@ -330,3 +330,31 @@ def test_window_aggregation_equals_the_per_article_rules(exported, sentiment_rul
             [x["score"] for x in g["topic_scores"]], [x["score"] for x in w["topic_scores"]]
         )
         assert g["tickers"] == w["tickers"]
+
+
+def test_the_prep_pool_passes_on_a_reader_error_and_stops_cleanly(exported):
+    """The feeder thread reads the input: an error there reaches the scoring thread as itself, and a
+    consumer that stops early (a lost claim) leaves no thread or process behind."""
+    import threading
+
+    from inference.prep import PrepPool
+
+    scorer = Scorer(str(exported["merged"]))
+    articles = _mixed_articles(12)
+
+    def broken():
+        yield articles[:4]
+        yield articles[4:8]
+        raise OSError("truncated gzip stream (injected)")
+
+    with PrepPool(scorer.preparer, 0) as pool:
+        got = []
+        with pytest.raises(OSError, match="truncated gzip"):
+            for window, prepared in pool.prepared(broken()):
+                got.append((len(window), len(prepared.tickers)))
+        assert got == [(4, 4), (4, 4)]
+        stream = pool.prepared(articles[i : i + 2] for i in range(0, 12, 2))
+        first, _ = next(stream)
+        assert [a.id for a in first] == ["a0", "a1"]
+        stream.close()  # the consumer leaves early
+    assert not any(t.name == "prepare-feeder" for t in threading.enumerate())
