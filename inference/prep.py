@@ -50,9 +50,10 @@ class PrepPool:
     when a second window comes (then in the background, while the first is scored): a job of a few
     rows never pays their start-up (a couple of seconds each: Python, torch and the tokenizer)."""
 
-    def __init__(self, preparer: Preparer, workers: int):
+    def __init__(self, preparer: Preparer, workers: int, first_in_thread: bool = True):
         self.preparer = preparer
         self.workers = workers
+        self.first_in_thread = first_in_thread  # False: every window to the processes (benchmarks)
         self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare")
         self.processes: Executor | None = None
 
@@ -74,7 +75,7 @@ class PrepPool:
 
     def submit(self, window: list[Article], first: bool = False) -> Future[Prepared]:
         pairs = [(a.text, a.tickers) for a in window]
-        if self.workers and not first:
+        if self.workers and not (first and self.first_in_thread):
             return self._processes().submit(_prepare, pairs)
         return self.thread.submit(self.preparer, pairs)
 
