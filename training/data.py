@@ -75,6 +75,10 @@ def load_split(source: SourceConfig, split: SplitConfig) -> datasets.Dataset:
     if source.format == "hub":
         ds = datasets.load_dataset(source.root, split=split.path)
     else:
+        if source.derived:
+            from training.derived import ensure
+
+            ensure(source.derived, source.root)  # built on first use (training/derived.py)
         files = source_split_files(source, split)
         ds = datasets.load_dataset(_format_of(source, files), data_files=files, split="train")
     assert isinstance(ds, datasets.Dataset)
