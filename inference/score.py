@@ -47,6 +47,7 @@ from inference.prep import PrepPool, default_prep_workers
 from inference.readers import BadRow, Unit, expand_inputs, plan_units, read_unit
 from training.config import ConfigError, entry_point, exit_on_config_error, load_validated, register_schema
 from training.modeling import META_FILE
+from training.packaged_models import model_dir_problem, packaged_name, resolve_model_dir
 from training.records import record_schema
 
 log = logging.getLogger("newsimpact.score")
@@ -130,7 +131,7 @@ class InferenceOptions(OutputOptions, RunOptions):
 
 @dataclass
 class ScoreConfig:
-    model_dir: str = "???"
+    model_dir: str = "card"  # an exported model folder, or a packaged model's name (card, card-large)
     input: Any = "???"  # a glob, a path, or a list of them
     output_dir: str = "???"
     inference: InferenceOptions = field(default_factory=InferenceOptions)
@@ -142,11 +143,9 @@ register_schema("score_schema", ScoreConfig)
 def validate_score_config(config: ScoreConfig) -> list[str]:
     """Check everything before work starts; returns the expanded input files."""
     problems: list[str] = []
+    config.model_dir = resolve_model_dir(config.model_dir)
     if not (Path(config.model_dir) / META_FILE).exists():
-        problems.append(
-            f"model_dir='{config.model_dir}' is not an exported model (no {META_FILE}); "
-            "export one with `python -m training.export run_dir=RUN output_dir=DIR`"
-        )
+        problems.append(model_dir_problem(config.model_dir))
     patterns = [config.input] if isinstance(config.input, str) else list(config.input)
     files = expand_inputs(patterns) if patterns else []
     if not files:
@@ -882,7 +881,11 @@ def _manifest(
         },
         "planning_seconds": job.get("planning_seconds"),
         "precision": job["identity"]["options"]["precision"],
-        "model": {"dir": str(Path(config.model_dir).resolve()), "hash": job["identity"]["model"]},
+        "model": {
+            "dir": str(Path(config.model_dir).resolve()),
+            "name": packaged_name(config.model_dir),  # a packaged model's name (card ...), else null
+            "hash": job["identity"]["model"],
+        },
         "config": asdict(config),
         "finished_at": _now(),
     }

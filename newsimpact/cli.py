@@ -1,4 +1,4 @@
-"""``newsimpact train | evaluate | export | score | impact-labels | signals [overrides]``.
+"""``newsimpact train | evaluate | export | card | score | impact-labels | signals [overrides]``.
 
 Each command is the Hydra entry point of the same name (``python -m training.train`` ... in a checkout),
 taking the same overrides; ``newsimpact COMMAND --help`` shows its config groups and defaults. Runs write
@@ -17,7 +17,8 @@ COMMANDS = {
     "train": ("training.train", "LoRA-fine-tune a model from configs (train.yaml, experiment=...)"),
     "evaluate": ("training.evaluate", "metrics and plots of an exported model on a labelled split"),
     "export": ("training.export", "a training run -> a self-describing model folder (merged|adapter|onnx)"),
-    "score": ("inference.score", "batch-score news archives with an exported model"),
+    "card": ("inference.card", "print the news card of a few texts (the packaged model, no training)"),
+    "score": ("inference.score", "batch-score news archives (default: the packaged model 'card')"),
     "impact-labels": ("training.impact_labels", "label articles with market impact from prices"),
     "signals": ("inference.signals", "scored articles -> per-ticker session signals, evaluation, report"),
 }
@@ -35,7 +36,8 @@ def usage() -> str:
         "commands:",
         *(f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items()),
         "",
-        "e.g.  newsimpact train experiment=tfns_minilm   |   newsimpact score model_dir=DIR input='news/*.jsonl.gz' output_dir=OUT",
+        'e.g.  newsimpact card "Acme beats estimates and raises guidance"   |   newsimpact score input=\'news/*.jsonl.gz\' output_dir=OUT',
+        "      newsimpact train experiment=tfns_minilm   |   newsimpact score model_dir=DIR input=... output_dir=OUT",
     ]
     return "\n".join(lines)
 

@@ -639,11 +639,13 @@ DISTILL_HEADS = ("sentiment", "sentiment_score", "impact", "topics")
 
 def teacher_dirs(teacher: Any) -> list[str]:
     """``distill.teacher`` as a list of folders: none, one exported model, or an ensemble ``[DIR_A,DIR_B]``."""
+    from training.packaged_models import resolve_model_dir
+
     if teacher is None:
         return []
     if isinstance(teacher, str | os.PathLike):
-        return [str(teacher)]
-    return [str(t) for t in teacher]
+        return [resolve_model_dir(str(teacher))]
+    return [resolve_model_dir(str(t)) for t in teacher]
 
 
 def _check_distill(config: TrainConfig, problems: list[str]) -> None:
@@ -661,7 +663,9 @@ def _check_distill(config: TrainConfig, problems: list[str]) -> None:
             "distill.teacher=[DIR_A,DIR_B]"
         )
         return
-    dirs = [str(t) for t in items]
+    from training.packaged_models import resolve_model_dir
+
+    dirs = [resolve_model_dir(str(t)) for t in items]  # a packaged model's name (card) is a teacher too
     if not dirs:
         problems.append("distill.teacher=[]: name at least one exported model, or distill.teacher=null")
         return

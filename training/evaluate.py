@@ -34,6 +34,7 @@ from training.config import (
 )
 from training.data import Collator, build_splits
 from training.modeling import META_FILE, NewsImpactModel, load_tokenizer, load_trained, read_meta
+from training.packaged_models import model_dir_problem, resolve_model_dir
 from training.module import HeadMetrics
 from training.records import head_outputs, untrained
 from training.scale import Scale
@@ -43,7 +44,7 @@ log = logging.getLogger("newsimpact.evaluate")
 
 @dataclass
 class EvaluateConfig:
-    model_dir: str = "???"
+    model_dir: str = "???"  # an exported model folder, or a packaged model's name (card, card-large)
     split: str = "test"
     output_dir: str = "???"
     # data.eval_batch_size, pad_to_multiple_of and num_workers cut the batches; group_by_length sorts the
@@ -66,10 +67,9 @@ def validate_evaluate_config(config: EvaluateConfig) -> None:
         problems.append(f"device='{config.device}' must be auto, cpu, cuda or cuda:N")
     elif config.device.startswith("cuda") and not torch.cuda.is_available():
         problems.append(f"device='{config.device}' but this machine has no CUDA GPU; use device=auto or cpu")
+    config.model_dir = resolve_model_dir(config.model_dir)
     if not (Path(config.model_dir) / META_FILE).exists():
-        problems.append(
-            f"model_dir='{config.model_dir}' has no {META_FILE}; export a run first (training.export)"
-        )
+        problems.append(model_dir_problem(config.model_dir))
         raise ConfigError(problems)
     schema = SchemaConfig(**read_meta(config.model_dir)["schema"])
     for name, source in config.data.sources.items():

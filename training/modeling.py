@@ -490,7 +490,10 @@ def load_trained(folder: str | os.PathLike[str], dtype: str | None = None) -> Ne
         if (weights / "adapter_config.json").exists():
             from peft import PeftModel
 
-            base = detach_pooler(AutoModel.from_pretrained(meta["base_model"], dtype=torch_dtype))
+            from training.packaged_models import resolve_base_model
+
+            base_model = resolve_base_model(meta["base_model"])  # newsimpact:minilm -> its local folder
+            base = detach_pooler(AutoModel.from_pretrained(base_model, dtype=torch_dtype))
             backbone = PeftModel.from_pretrained(base, weights)
         else:  # peft.method=none: the run saved the whole fine-tuned backbone
             backbone = AutoModel.from_pretrained(weights, dtype=torch_dtype)

