@@ -57,7 +57,17 @@ def _style(color: bool):
 def _tone(score: float | None) -> str:
     if score is None:
         return "2"
-    return "1;32" if score >= 0.5 else "32" if score > 0.15 else "1;31" if score <= -0.5 else "31" if score < -0.15 else "33"
+    return (
+        "1;32"
+        if score >= 0.5
+        else "32"
+        if score > 0.15
+        else "1;31"
+        if score <= -0.5
+        else "31"
+        if score < -0.15
+        else "33"
+    )
 
 
 def render(record: dict[str, Any], text: str, color: bool, width: int = 100) -> str:

@@ -18,9 +18,7 @@
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import html
 import json
 import logging
 import math
@@ -33,6 +31,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 from omegaconf import DictConfig
 
+from inference.signal_stats import event_study, newey_west_t, pooled_regression
+from inference.signals_report import _as_list, _atomic_write, _f, evaluation_markdown, plots, write_report
 from training.config import ConfigError, entry_point, exit_on_config_error, load_validated, register_schema
 from training.impact_labels import Benchmark, Calendar, PriceColumns, event_session, load_prices
 
@@ -57,6 +57,12 @@ class EvaluationOptions:
     min_tickers: int = 5  # a session counts for the IC only with at least this many tickers
     min_sessions: int = 20  # a ticker counts for the time-series IC only with this many news sessions
     periods_per_year: int = 252
+    # pooled regression (inference/signal_stats.py): moving-block bootstrap draws over dates (0: none)
+    bootstrap: int = 500
+    # event study groups: terciles of the pooled signal | sign (negative / neutral / positive around
+    # +-event_threshold, for sentiment scores in [-1, 1])
+    event_groups: str = "terciles"
+    event_threshold: float = 0.1
 
 
 @dataclass
@@ -109,6 +115,10 @@ def validate_signals_config(config: SignalsConfig) -> None:
         problems.append(f"evaluation.horizons={ev.horizons} must be sessions >= 1")
     if ev.quantiles < 2:
         problems.append(f"evaluation.quantiles={ev.quantiles} must be >= 2")
+    if ev.event_groups not in ("terciles", "sign"):
+        problems.append(f"evaluation.event_groups='{ev.event_groups}' must be terciles or sign")
+    if ev.bootstrap < 0:
+        problems.append(f"evaluation.bootstrap={ev.bootstrap} must be >= 0 draws")
     try:
         pd.Timestamp("2020-01-01").tz_localize(config.timezone)
     except Exception:  # noqa: BLE001 - any zone error means the same fix
@@ -380,228 +390,36 @@ def time_series_ic(data: pd.DataFrame, signal: str, ret: str, opts: EvaluationOp
 
 
 def evaluate(
-    signals: pd.DataFrame, returns: pd.DataFrame, columns: list[str], opts: EvaluationOptions
+    signals: pd.DataFrame, returns: pd.DataFrame, columns: list[str], opts: EvaluationOptions, seed: int = 0
 ) -> dict:
+    """Daily IC and long-short (per horizon and the same session), the per-ticker time-series IC, the
+    pooled regression with the long-short's Newey-West t (``pooled``), and the event study."""
     data = signals.merge(returns, on=["ticker", "session"], how="inner")
-    result: dict[str, Any] = {"horizons": {}, "same_session": {}, "time_series": {}}
+    result: dict[str, Any] = {"horizons": {}, "same_session": {}, "time_series": {}, "pooled": {}}
     for h in opts.horizons:
-        result["horizons"][str(h)] = {c: evaluate_signal(data, c, f"ret_{h}", h, opts) for c in columns}
-        result["time_series"][str(h)] = {c: time_series_ic(data, c, f"ret_{h}", opts) for c in columns}
+        ret = f"ret_{h}"
+        result["horizons"][str(h)] = {c: evaluate_signal(data, c, ret, h, opts) for c in columns}
+        result["time_series"][str(h)] = {c: time_series_ic(data, c, ret, opts) for c in columns}
+        pooled = {}
+        for c in columns:
+            fit = pooled_regression(data, c, ret, h, bootstrap=opts.bootstrap, seed=seed)
+            # the daily top-minus-bottom quantile spread (per session), its Newey-West t
+            daily = result["horizons"][str(h)][c]["_daily"]["long_short"]
+            lags = max(h - 1, int(4 * (len(daily) / 100) ** (2 / 9)))
+            fit["long_short"] = newey_west_t(np.asarray(daily, dtype=float), lags=lags)
+            pooled[c] = fit
+        result["pooled"][str(h)] = pooled
     result["same_session"] = {c: evaluate_signal(data, c, "ret_same", 1, opts) for c in columns}
+    result["event_study"] = {
+        c: event_study(signals, returns, c, groups=opts.event_groups, threshold=opts.event_threshold)
+        for c in columns
+    }
     return result
 
 
 # -- outputs ---------------------------------------------------------------------------------------------
 def _public(stats: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in stats.items() if not k.startswith("_")}
-
-
-def _f(x: Any, digits: int = 3) -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
-
-
-def evaluation_markdown(ev: dict[str, Any]) -> str:
-    head = "| signal | mean IC | IC std | ICIR | t | hit rate | days | tickers | L/S mean | Sharpe | Sharpe net | turnover |"
-    rule = "|---|" + "---|" * 11
-    lines = []
-    sections = [(f"Horizon {h} session(s): signal at t vs abnormal return close(t) -> close(t+{h})", table)
-                for h, table in ev["horizons"].items()]  # fmt: skip
-    sections.append(("Same session (NOT tradeable: the return the news arrived in)", ev["same_session"]))
-    for title, table in sections:
-        lines += [f"### {title}", "", head, rule]
-        for name, s in table.items():
-            lines.append(
-                f"| {name} | {_f(s['mean_ic'], 4)} | {_f(s['ic_std'])} | {_f(s['icir'])} | {_f(s['t_stat'], 2)} | "
-                f"{_f(s['hit_rate'])} | {s['n_days']} | {s['n_tickers']} | {_f(s['long_short_mean'] * 1e4, 1)} bp | "
-                f"{_f(s['long_short_sharpe'], 2)} | {_f(s['long_short_sharpe_net'], 2)} | {_f(s['turnover'], 2)} |"
-            )
-        lines.append("")
-    for h, table in ev.get("time_series", {}).items():
-        lines += [f"### Per ticker over time, horizon {h}: rank IC over each ticker's news sessions", "",
-                  "| signal | mean IC across tickers | t | tickers | sessions |", "|---|---|---|---|---|"]  # fmt: skip
-        for name, s in table.items():
-            lines.append(
-                f"| {name} | {_f(s['mean_ic'], 4)} | {_f(s['t_stat'], 2)} | {s['n_tickers']} | {s['n_obs']} |"
-            )
-        lines.append("")
-    return "\n".join(lines)
-
-
-def plots(ev: dict[str, Any], out: Path) -> dict[str, str]:
-    """PNGs: cumulative long-short (first horizon), monthly mean IC (first horizon), IC by horizon."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    first = next(iter(ev["horizons"]))
-    files = {}
-    fig, ax = plt.subplots(figsize=(8, 4))
-    for name, s in ev["horizons"][first].items():
-        d = s["_daily"]
-        if d["session"]:
-            ax.plot(pd.to_datetime(d["session"]), np.cumsum(d["long_short"]), label=name)
-    ax.set_title(f"Cumulative quantile long-short return, h={first} (before costs)")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7)
-    fig.autofmt_xdate()
-    files["cumulative_long_short"] = str(out / "cumulative_long_short.png")
-    fig.savefig(files["cumulative_long_short"], dpi=110, bbox_inches="tight")
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(8, 4))
-    for name, s in ev["horizons"][first].items():
-        d = s["_daily"]
-        if d["session"]:
-            monthly = pd.Series(d["ic"], index=pd.to_datetime(d["session"])).resample("MS").mean()
-            ax.plot(monthly.index, monthly.to_numpy(), marker="o", label=name)
-    ax.axhline(0, color="grey", lw=0.8)
-    ax.set_title(f"Monthly mean rank IC, h={first}")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7)
-    fig.autofmt_xdate()
-    files["monthly_ic"] = str(out / "monthly_ic.png")
-    fig.savefig(files["monthly_ic"], dpi=110, bbox_inches="tight")
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(8, 4))
-    names = list(ev["horizons"][first])
-    keys = list(ev["horizons"]) + ["same"]
-    width = 0.8 / len(keys)
-    for k, h in enumerate(keys):
-        table = ev["same_session"] if h == "same" else ev["horizons"][h]
-        ax.bar(np.arange(len(names)) + k * width, [table[n]["mean_ic"] for n in names], width,
-               label="same session (not tradeable)" if h == "same" else f"h={h}")  # fmt: skip
-    ax.set_xticks(
-        np.arange(len(names)) + width * (len(keys) - 1) / 2, names, rotation=30, ha="right", fontsize=7
-    )
-    ax.axhline(0, color="grey", lw=0.8)
-    ax.set_title("Mean rank IC by horizon")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7)
-    files["ic_by_horizon"] = str(out / "ic_by_horizon.png")
-    fig.savefig(files["ic_by_horizon"], dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return files
-
-
-CARD_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1a1a1a;background:#f6f7f9}
-h1{font-size:22px} h2{font-size:18px;margin-top:28px} table{border-collapse:collapse;font-size:12px;background:#fff}
-td,th{border:1px solid #ddd;padding:4px 6px;text-align:right} td:first-child,th:first-child{text-align:left}
-.cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(330px,1fr));gap:14px}
-.card{background:#fff;border-radius:10px;box-shadow:0 1px 3px rgba(0,0,0,.12);padding:14px}
-.row{display:flex;justify-content:space-between;align-items:center;margin-bottom:8px}
-.impact{font-weight:600} .bar{height:6px;background:#e5e7eb;border-radius:3px;margin:4px 0 10px}
-.bar>div{height:6px;border-radius:3px;background:#f59e0b}
-.label{padding:2px 8px;border-radius:10px;font-size:12px;color:#fff}
-.pos{background:#16a34a} .neg{background:#dc2626} .neu{background:#6b7280}
-.tick{display:inline-block;margin:2px 4px 2px 0;padding:1px 6px;border-radius:6px;background:#eef2ff;font-size:12px}
-.topic{display:inline-block;margin:2px 4px 2px 0;padding:1px 6px;border-radius:6px;background:#f1f5f9;font-size:11px}
-.text{font-size:13px;line-height:1.4;margin-top:8px;max-height:9em;overflow:hidden}
-img{max-width:100%;background:#fff}
-"""
-
-
-def _label_class(label: str) -> str:
-    return "pos" if "positive" in label else "neg" if "negative" in label else "neu"
-
-
-def _as_list(value: Any) -> list[Any]:
-    return [] if value is None else list(value)  # parquet lists arrive as numpy arrays
-
-
-def news_card(record: dict[str, Any], text_column: str) -> str:
-    esc = html.escape
-    tickers = "".join(
-        f'<span class="tick">{esc(str(t["ticker"]))} {_f(t.get("sentiment_score"), 2)}</span>'
-        for t in _as_list(record.get("tickers"))
-    )
-    topics = "".join(f'<span class="topic">{esc(str(t))}</span>' for t in _as_list(record.get("topics")))
-    raw_impact = record.get("impact")
-    impact = float("nan") if raw_impact is None else float(raw_impact)
-    known = not math.isnan(impact)
-    text = record.get(text_column)
-    label = str(record["sentiment"])
-    coarse = record.get("sentiment_coarse")
-    shown = label if not coarse or coarse == label else f"{label} ({coarse})"
-    return (
-        '<div class="card">'
-        f'<div class="row"><span class="impact">Market impact {_f(impact, 2) if known else "n/a"}</span>'
-        f'<span class="label {_label_class(label)}">{esc(shown)}</span></div>'
-        f'<div class="bar"><div style="width:{impact * 100 if known else 0:.0f}%"></div></div>'
-        f"<div>Sentiment score <b>{float(record['sentiment_score']):+.2f}</b></div>"
-        f"<div>{tickers}</div><div>{topics}</div>"
-        + (f'<div class="text">{esc(str(text))}</div>' if isinstance(text, str) else "")
-        + "</div>"
-    )
-
-
-def _img(path: str) -> str:
-    data = base64.b64encode(Path(path).read_bytes()).decode()
-    return f'<img alt="{html.escape(Path(path).stem)}" src="data:image/png;base64,{data}">'
-
-
-def write_report(
-    out: Path,
-    table: pd.DataFrame,
-    summary: dict[str, Any],
-    ev_md: str | None,
-    images: dict[str, str],
-    config: SignalsConfig,
-) -> Path:
-    top = table.sort_values("impact", ascending=False).head(config.top_articles).to_dict("records")
-    cards = "".join(news_card(r, config.text_column) for r in top)
-    counts = "".join(
-        f"<tr><td>{html.escape(k)}</td><td>{v:,}</td></tr>" for k, v in summary["counts"].items()
-    )
-    body = [
-        "<h1>newsimpact signals report</h1>",
-        f"<p>Scores: <code>{html.escape(config.scores)}</code> · prices: "
-        f"<code>{html.escape(str(config.prices))}</code> · made {html.escape(summary['made_at'])}</p>",
-        f"<h2>Counts</h2><table>{counts}</table>",
-    ]
-    if ev_md is not None:
-        body.append("<h2>Evaluation</h2>" + _markdown_tables_to_html(ev_md))
-        body += [f"<h2>{html.escape(k.replace('_', ' '))}</h2>{_img(v)}" for k, v in images.items()]
-    body.append(
-        f'<h2>Top {len(top)} articles by market impact</h2><div class="cards" id="cards">{cards}</div>'
-    )
-    page = (
-        '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>newsimpact signals</title>'
-        f"<style>{CARD_CSS}</style></head><body>{''.join(body)}"
-        "<script>document.body.dataset.cards=String(document.querySelectorAll('.card').length);</script>"
-        "</body></html>"
-    )
-    path = out / "report.html"
-    _atomic_write(path, page)
-    return path
-
-
-def _markdown_tables_to_html(md: str) -> str:
-    parts, rows = [], []
-    for line in md.splitlines() + [""]:
-        if line.startswith("|"):
-            if not line.startswith("|---"):
-                rows.append([c.strip() for c in line.strip("|").split("|")])
-            continue
-        if rows:
-            head, *rest = rows
-            parts.append(
-                "<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head) + "</tr>"
-                + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rest)
-                + "</table>"
-            )  # fmt: skip
-            rows = []
-        if line.startswith("### "):
-            parts.append(f"<h3>{html.escape(line[4:])}</h3>")
-    return "".join(parts)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 def run(config: SignalsConfig) -> dict[str, Any]:
@@ -638,12 +456,14 @@ def run(config: SignalsConfig) -> dict[str, Any]:
         signals["shuffled_control"] = signals.groupby("session")["sentiment_mean"].transform(
             lambda s: rng.permutation(s.to_numpy())
         )
-        ev = evaluate(signals, returns, columns + ["shuffled_control"], config.evaluation)
+        ev = evaluate(signals, returns, columns + ["shuffled_control"], config.evaluation, config.seed)
         images = plots(ev, out)
         public = {
             "horizons": {h: {c: _public(s) for c, s in t.items()} for h, t in ev["horizons"].items()},
             "same_session": {c: _public(s) for c, s in ev["same_session"].items()},
             "time_series": ev["time_series"],
+            "pooled": ev["pooled"],
+            "event_study": ev["event_study"],
             "benchmark": bench.description,
             "options": asdict(config.evaluation),
         }
@@ -659,9 +479,12 @@ def run(config: SignalsConfig) -> dict[str, Any]:
         print(f"  {n:>7,}  {reason}")
     if ev_md is not None:
         first = next(iter(summary["evaluation"]["horizons"]))
+        pooled = summary["evaluation"]["pooled"][first]
         for name, s in summary["evaluation"]["horizons"][first].items():
+            p = pooled[name]
             print(
                 f"  h={first} {name:<28} mean IC {_f(s['mean_ic'], 4)}  t {_f(s['t_stat'], 2)}  days {s['n_days']}"
+                f"  | pooled {_f(p['coef'] * 1e4, 1)} bp/SD  t {_f(p['t'], 2)}  obs {p['n_obs']}"
             )
     print(
         f"  outputs: {out}/signals.parquet, errors.jsonl, report.html"

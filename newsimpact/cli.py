@@ -36,7 +36,7 @@ def usage() -> str:
         "commands:",
         *(f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items()),
         "",
-        'e.g.  newsimpact card "Acme beats estimates and raises guidance"   |   newsimpact score input=\'news/*.jsonl.gz\' output_dir=OUT',
+        "e.g.  newsimpact card \"Acme beats estimates and raises guidance\"   |   newsimpact score input='news/*.jsonl.gz' output_dir=OUT",
         "      newsimpact train experiment=tfns_minilm   |   newsimpact score model_dir=DIR input=... output_dir=OUT",
     ]
     return "\n".join(lines)

@@ -82,7 +82,10 @@ KEEP = ("adapter_config.json", "adapter_model.safetensors", "heads.safetensors",
 
 def _sources(run_info: dict[str, Any]) -> list[dict[str, str]]:
     names = list(run_info["config"]["data"]["sources"])
-    return [{"source": n, "what": SOURCES.get(n, ("?", "?"))[0], "licence": SOURCES.get(n, ("?", "?"))[1]} for n in names]
+    return [
+        {"source": n, "what": SOURCES.get(n, ("?", "?"))[0], "licence": SOURCES.get(n, ("?", "?"))[1]}
+        for n in names
+    ]
 
 
 def measure_speed(model_dir: Path, work: Path) -> dict[str, Any]:
@@ -125,7 +128,11 @@ def _rewrite_meta(folder: Path, recipe: Recipe, run_info: dict[str, Any]) -> Non
     meta = json.loads((folder / "newsimpact.json").read_text())
     meta["base_model"] = recipe.backbone
     meta["exported_from"] = {"checkpoint": meta.get("exported_from", {}).get("checkpoint")}
-    meta["packaged"] = {"name": recipe.name, "recipe": recipe.experiment.overrides, "git_revision": run_info.get("git_revision")}
+    meta["packaged"] = {
+        "name": recipe.name,
+        "recipe": recipe.experiment.overrides,
+        "git_revision": run_info.get("git_revision"),
+    }
     (folder / "newsimpact.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
     adapter = json.loads((folder / "adapter_config.json").read_text())
     adapter["base_model_name_or_path"] = recipe.backbone
@@ -226,7 +233,9 @@ def package(recipe: Recipe, work: Path, result: dict[str, Any], speed: dict[str,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("name", choices=sorted(RECIPES))
     parser.add_argument("--work-dir", default="bench_runs/package", help="runs, exports and evaluations")
     parser.add_argument("--skip-train", action="store_true", help="package the run already in --work-dir")
@@ -248,7 +257,9 @@ def main() -> None:
     report = json.loads(report_path.read_text()) if report_path.is_file() else {"models": {}}
     report["models"][recipe.name] = {**result, **packaged, "speed": speed}
     report_path.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"package_model: {recipe.name} -> newsimpact/models/{recipe.name} ({packaged['size_bytes'] / 1e6:.1f} MB)")
+    print(
+        f"package_model: {recipe.name} -> newsimpact/models/{recipe.name} ({packaged['size_bytes'] / 1e6:.1f} MB)"
+    )
     for ev in result["evals"]:
         print(f"  {ev['dataset']}: {ev['metrics']}")
     print(f"  speed: {speed}")

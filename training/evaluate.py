@@ -34,8 +34,8 @@ from training.config import (
 )
 from training.data import Collator, build_splits
 from training.modeling import META_FILE, NewsImpactModel, load_tokenizer, load_trained, read_meta
-from training.packaged_models import model_dir_problem, resolve_model_dir
 from training.module import HeadMetrics
+from training.packaged_models import model_dir_problem, resolve_model_dir
 from training.records import head_outputs, untrained
 from training.scale import Scale
 

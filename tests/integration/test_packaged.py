@@ -31,9 +31,13 @@ def fake_registry(exported, tiny_bert, tmp_path, monkeypatch):
     meta["base_model"] = "newsimpact:tiny"
     (folder / "newsimpact.json").write_text(json.dumps(meta))
     files = {
-        f.name: {"sha256": pm.sha256_file(f), "bytes": f.stat().st_size} for f in folder.iterdir() if f.is_file()
+        f.name: {"sha256": pm.sha256_file(f), "bytes": f.stat().st_size}
+        for f in folder.iterdir()
+        if f.is_file()
     }
-    registry = {"models": {"tiny-card": {"folder": "tiny-card", "backbone": "newsimpact:tiny", "files": files}}}
+    registry = {
+        "models": {"tiny-card": {"folder": "tiny-card", "backbone": "newsimpact:tiny", "files": files}}
+    }
     (models / pm.REGISTRY).write_text(json.dumps(registry))
     monkeypatch.setattr(pm, "models_dir", lambda: models)
     monkeypatch.setitem(pm.BACKBONES, "newsimpact:tiny", lambda: tiny_bert)
@@ -64,7 +68,10 @@ def test_score_evaluate_and_distill_take_the_name(fake_registry, tmp_path):
     from inference.score import ScoreConfig, run, validate_score_config
     from training.config import teacher_dirs
 
-    rows = [{"id": str(i), "text": t} for i, t in enumerate(["Acme beats estimates", "$XYZ plunges on fraud probe"])]
+    rows = [
+        {"id": str(i), "text": t}
+        for i, t in enumerate(["Acme beats estimates", "$XYZ plunges on fraud probe"])
+    ]
     data = write_jsonl(tmp_path / "in.jsonl", rows)
     out = tmp_path / "scored"
     config = ScoreConfig(model_dir="tiny-card", input=str(data), output_dir=str(out))
@@ -113,7 +120,10 @@ def test_card_json_and_plain_text(fake_registry):
 
 def test_card_reads_stdin_one_text_per_line(fake_registry):
     out = io.StringIO()
-    assert card.run(["--json", "model_dir=tiny-card"], stdout=out, stdin=io.StringIO("first one\n\nsecond\n")) == 0
+    assert (
+        card.run(["--json", "model_dir=tiny-card"], stdout=out, stdin=io.StringIO("first one\n\nsecond\n"))
+        == 0
+    )
     assert [json.loads(line)["text"] for line in out.getvalue().splitlines()] == ["first one", "second"]
 
 
@@ -149,6 +159,8 @@ def test_every_packaged_model_matches_its_hashes_loads_and_scores(name):
     assert card.run(["--json", f"model_dir={name}", *texts], stdout=out) == 0
     good, bad = (json.loads(line) for line in out.getvalue().splitlines())
     assert good["sentiment_score"] > 0.3 > -0.3 > bad["sentiment_score"]
-    meta = json.loads((pm.models_dir() / pm.packaged_models()[name]["folder"] / "newsimpact.json").read_text())
+    meta = json.loads(
+        (pm.models_dir() / pm.packaged_models()[name]["folder"] / "newsimpact.json").read_text()
+    )
     assert meta["base_model"] in pm.BACKBONES
     assert (pm.models_dir() / pm.packaged_models()[name]["folder"] / "README.md").is_file()

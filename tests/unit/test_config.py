@@ -65,9 +65,9 @@ def _absent(config) -> list[str]:
     from training.derived import missing_inputs
 
     sources = config.data.sources.values()
-    return [
-        s.root for s in sources if s.format != "hub" and not s.derived and not Path(s.root).is_dir()
-    ] + [line for s in sources if s.derived for line in missing_inputs(s.derived)]
+    return [s.root for s in sources if s.format != "hub" and not s.derived and not Path(s.root).is_dir()] + [
+        line for s in sources if s.derived for line in missing_inputs(s.derived)
+    ]
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)

@@ -90,6 +90,22 @@ def test_signal_equal_to_the_next_sessions_return_has_ic_near_one(tmp_path, pric
     assert set(ev["horizons"]) == {"1", "5"}
     ts = ev["time_series"]["1"]["sentiment_mean"]  # per ticker over time: the same answer
     assert ts["mean_ic"] > 0.9 and ts["n_tickers"] == 30 and ts["t_stat"] > 10
+    # pooled: the next session's abnormal return per SD of the signal, through the whole command
+    pooled = ev["pooled"]["1"]["sentiment_mean"]
+    for key in ("coef", "se", "t", "n_obs", "n_days", "se_two_way", "bootstrap", "long_short"):
+        assert key in pooled
+    assert pooled["coef"] > 0.01 and pooled["t"] > 20 and pooled["n_days"] >= 80
+    assert pooled["long_short"]["t"] > 10
+    assert abs(ev["pooled"]["1"]["shuffled_control"]["t"]) < 3
+    study = ev["event_study"]["sentiment_mean"]
+    assert study["relative_sessions"] == list(range(-5, 11))
+    assert set(study["groups"]) == {"top third", "middle third", "bottom third"}
+    top = np.diff(np.r_[0.0, study["groups"]["top third"]["car"]])
+    assert top[6] > 0.01 and abs(top[5]) < 0.01  # the step is at +1 (index 6), not on the news session
+    assert study["spread"]["+1"] > 0.02
+    report = (tmp_path / "out" / "report.html").read_text()
+    assert "event study" in report and "Pooled regression" in report
+    assert (tmp_path / "out" / "event_study.png").stat().st_size > 10_000
 
 
 def test_signal_equal_to_the_same_sessions_return_is_not_tradeable(tmp_path, prices):
