@@ -885,6 +885,10 @@ def _manifest(
             "dir": str(Path(config.model_dir).resolve()),
             "name": packaged_name(config.model_dir),  # a packaged model's name (card ...), else null
             "hash": job["identity"]["model"],
+            # the sources, splits and date ranges it learned from: `newsimpact signals` evaluates off them
+            "training_data": json.loads((Path(config.model_dir) / META_FILE).read_text()).get(
+                "training_data"
+            ),
         },
         "config": asdict(config),
         "finished_at": _now(),

@@ -31,7 +31,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 from omegaconf import DictConfig
 
-from inference.signal_stats import event_study, newey_west_t, pooled_regression
+from inference.signal_stats import EVENT_WINDOW, event_study, newey_west_t, pooled_regression
 from inference.signals_report import _as_list, _atomic_write, _f, evaluation_markdown, plots, write_report
 from training.config import ConfigError, entry_point, exit_on_config_error, load_validated, register_schema
 from training.impact_labels import Benchmark, Calendar, PriceColumns, event_session, load_prices
@@ -84,6 +84,10 @@ class SignalsConfig:
     benchmark_price_column: str = "close"
     exclude_self: bool = False
     evaluation: EvaluationOptions = field(default_factory=EvaluationOptions)
+    # Evaluation days the model trained or selected on (the scores' manifest.json: the model's
+    # training_data date ranges, widened by the return and event windows): exclude them from the evaluation
+    # (default), flag them in the report but keep them, or refuse to evaluate.
+    training_days: str = "exclude"
     top_articles: int = 12  # news cards in report.html
     seed: int = 0  # the shuffled control signal
 
@@ -108,6 +112,8 @@ def validate_signals_config(config: SignalsConfig) -> None:
     unknown = [b for b in config.baselines if b not in BASELINES]
     if unknown:
         problems.append(f"baselines: {unknown} not among {list(BASELINES)}")
+    if config.training_days not in ("exclude", "flag", "refuse"):
+        problems.append(f"training_days='{config.training_days}' must be exclude, flag or refuse")
     if config.half_life <= 0:
         problems.append(f"half_life={config.half_life} must be > 0 sessions")
     ev = config.evaluation
@@ -147,6 +153,37 @@ def read_scores(config: SignalsConfig) -> pd.DataFrame:
             ]
         )
     return table
+
+
+def trained_ranges(scores: str | Path) -> list[dict[str, Any]] | None:
+    """The date ranges the scoring model trained and selected on, from the scores' ``manifest.json``
+    (``model.training_data``); None when the manifest does not say (a model exported before it was
+    recorded, or parts without a manifest)."""
+    path = Path(scores) / "manifest.json"
+    if not path.is_file():
+        return None
+    data = (json.loads(path.read_text()).get("model") or {}).get("training_data")
+    if data is None:
+        return None
+    return [
+        {"source": name, "split": split, "first": rec["first_date"], "last": rec["last_date"]}
+        for name, entry in data.items()
+        for split, rec in entry.get("splits", {}).items()
+        if rec.get("first_date") and rec.get("last_date")
+    ]
+
+
+def training_overlap(sessions: pd.Series, ranges: list[dict[str, Any]], ahead: int, behind: int) -> pd.Series:
+    """True for sessions whose evaluation windows touch a trained range: from ``ahead`` sessions
+    before its first day (a forward return or event window reaching into it) to ``behind`` sessions after
+    its last (an event window looking back into it). Sessions are counted as weekdays."""
+    days = pd.to_datetime(sessions)
+    hit = pd.Series(False, index=sessions.index)
+    for r in ranges:
+        start = pd.Timestamp(r["first"]) - pd.offsets.BDay(ahead)
+        end = pd.Timestamp(r["last"]) + pd.offsets.BDay(behind)
+        hit |= (days >= start) & (days <= end)
+    return hit
 
 
 def weekday_calendar(first: dt.date, last: dt.date) -> Calendar:
@@ -451,12 +488,44 @@ def run(config: SignalsConfig) -> dict[str, Any]:
         bench = Benchmark(config, calendars)
         returns = forward_returns(calendars, bench, config.evaluation.horizons)
         columns = SIGNAL_COLUMNS + [f"{b}_mean" for b in config.baselines]
+        ranges = trained_ranges(config.scores)
+        ahead = max(max(config.evaluation.horizons), EVENT_WINDOW[1])
+        overlap = (
+            training_overlap(signals["session"], ranges, ahead, -EVENT_WINDOW[0])
+            if ranges
+            else pd.Series(False, index=signals.index)
+        )
+        trained = {
+            "policy": config.training_days,
+            "known": ranges is not None,
+            "ranges": ranges or [],
+            "overlapping_rows": int(overlap.sum()),
+            "overlapping_sessions": int(signals.loc[overlap, "session"].nunique()),
+        }
+        if overlap.any() and config.training_days == "refuse":
+            first, last = signals.loc[overlap, "session"].min(), signals.loc[overlap, "session"].max()
+            spans = ", ".join("{source}/{split} {first}..{last}".format(**r) for r in ranges or [])
+            raise ConfigError(
+                [
+                    f"{trained['overlapping_sessions']} evaluation sessions ({first} .. {last}) overlap dates the "
+                    f"model trained or selected on ({spans}); score an archive outside them, or pass "
+                    "training_days=exclude (drop them) or flag"
+                ]
+            )
+        if config.training_days == "exclude":
+            signals = signals.loc[~overlap].reset_index(drop=True)
+        if len(signals):
+            trained["evaluated_first"], trained["evaluated_last"] = (
+                str(signals["session"].min()),
+                str(signals["session"].max()),
+            )
         rng = np.random.default_rng(config.seed)
         # Noise level: the model's mean sentiment shuffled across tickers within each session.
         signals["shuffled_control"] = signals.groupby("session")["sentiment_mean"].transform(
             lambda s: rng.permutation(s.to_numpy())
         )
         ev = evaluate(signals, returns, columns + ["shuffled_control"], config.evaluation, config.seed)
+        ev["training_days"] = trained
         images = plots(ev, out)
         public = {
             "horizons": {h: {c: _public(s) for c, s in t.items()} for h, t in ev["horizons"].items()},
@@ -464,6 +533,7 @@ def run(config: SignalsConfig) -> dict[str, Any]:
             "time_series": ev["time_series"],
             "pooled": ev["pooled"],
             "event_study": ev["event_study"],
+            "training_days": trained,
             "benchmark": bench.description,
             "options": asdict(config.evaluation),
         }

@@ -22,10 +22,36 @@ def _bp(x: Any) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x * 1e4:+.1f}"
 
 
+def training_days_lines(trained: dict[str, Any] | None) -> list[str]:
+    """What the evaluation did about the days the model trained or selected on."""
+    if trained is None:
+        return []
+    if not trained["known"]:
+        return ["### Training days", "", "The scores' manifest does not say which dates the model trained on "
+                "(a model exported before newsimpact recorded it): evaluation days were not checked.", ""]  # fmt: skip
+    ranges = ", ".join(f"{r['source']}/{r['split']} {r['first']} .. {r['last']}" for r in trained["ranges"])
+    if not trained["ranges"]:
+        text = "The model trained on no dated source: every evaluation day is out of sample."
+    elif trained["policy"] == "exclude":
+        text = (f"The model trained or selected on {ranges}. {trained['overlapping_sessions']} sessions "
+                f"({trained['overlapping_rows']} signal rows) whose return or event windows touch those dates "
+                "are left out of the evaluation (training_days=exclude).")  # fmt: skip
+    else:
+        text = (f"**In-sample days kept (training_days=flag):** the model trained or selected on {ranges}; "
+                f"{trained['overlapping_sessions']} evaluated sessions ({trained['overlapping_rows']} rows) "
+                "overlap them, so figures below mix in-sample and out-of-sample days.")  # fmt: skip
+    window = (
+        f" Evaluated sessions: {trained['evaluated_first']} .. {trained['evaluated_last']}."
+        if trained.get("evaluated_first")
+        else ""
+    )
+    return ["### Training days", "", text + window, ""]
+
+
 def evaluation_markdown(ev: dict[str, Any]) -> str:
     head = "| signal | mean IC | IC std | ICIR | t | hit rate | days | tickers | L/S mean | Sharpe | Sharpe net | turnover |"
     rule = "|---|" + "---|" * 11
-    lines = []
+    lines = training_days_lines(ev.get("training_days"))
     sections = [(f"Horizon {h} session(s): signal at t vs abnormal return close(t) -> close(t+{h})", table)
                 for h, table in ev["horizons"].items()]  # fmt: skip
     sections.append(("Same session (NOT tradeable: the return the news arrived in)", ev["same_session"]))
@@ -297,6 +323,9 @@ def _markdown_tables_to_html(md: str) -> str:
             rows = []
         if line.startswith("### "):
             parts.append(f"<h3>{html.escape(line[4:])}</h3>")
+        elif line.strip():  # a paragraph (**bold** as <b>)
+            text = html.escape(line).split("**")
+            parts.append("<p>" + "".join(f"<b>{t}</b>" if i % 2 else t for i, t in enumerate(text)) + "</p>")
     return "".join(parts)
 
 

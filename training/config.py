@@ -202,6 +202,9 @@ class SourceConfig:
     # A return column whose |value| becomes impact in [0, 1] by its rank among this source's training rows.
     impact_from_return: str | None = None
     entity_table: EntityTableConfig | None = None
+    # A column with each row's date (StockNet, FNSPID): the run records the dates its training and validation
+    # rows span (newsimpact.json training_data), and `newsimpact signals` keeps its evaluation off them.
+    date_column: str | None = None
     # Built from the public data on first use (training/derived.py), e.g. weak_topics; root is its cache
     # folder (${derived:NAME}) unless you point it at a copy of your own.
     derived: str | None = None

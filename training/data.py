@@ -573,6 +573,40 @@ def build_splits(
     return {k: v[0] if len(v) == 1 else datasets.concatenate_datasets(v) for k, v in per_split.items()}
 
 
+def training_data(data: DataConfig, splits: Sequence[str] = ("train", "validation")) -> dict[str, Any]:
+    """What a model learned from, per source: its dataset folder, the splits it trained and selected on,
+    their row counts and, for sources with a ``date_column``, the first and last date of those rows
+    (``newsimpact.json`` ``training_data``; ``newsimpact signals`` keeps its evaluation off these dates)."""
+    out: dict[str, Any] = {}
+    for name, source in data.sources.items():
+        entry: dict[str, Any] = {
+            "dataset": os.path.basename(os.path.normpath(source.root)) if source.root else None,
+            "derived": source.derived,
+            "splits": {},
+        }
+        for split_name in splits:
+            if split_name not in source.splits:
+                continue
+            split = source.splits[split_name]
+            record: dict[str, Any] = {"path": split.path, "where": dict(split.where or {})}
+            if source.date_column:
+                ds = load_split(source, split)
+                if source.date_column not in ds.column_names:
+                    raise ValueError(
+                        f"data.sources.{name}.date_column='{source.date_column}' is not a column of "
+                        f"{split.path} (columns: {ds.column_names})"
+                    )
+                dates = sorted(str(d)[:10] for d in ds[source.date_column] if d is not None)
+                record.update(
+                    rows=len(ds),
+                    first_date=dates[0] if dates else None,
+                    last_date=dates[-1] if dates else None,
+                )
+            entry["splits"][split_name] = record
+        out[name] = entry
+    return out
+
+
 class LengthGroupedSampler(torch.utils.data.Sampler[int]):
     """A shuffled order in which each run of ``batch_size`` indices has similar lengths.
 

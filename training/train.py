@@ -27,7 +27,7 @@ from pytorch_lightning.loggers import Logger
 from pytorch_lightning.utilities import rank_zero_only
 
 from training.config import TrainConfig, entry_point, load_validated, validate_train_config
-from training.data import impact_calibrations
+from training.data import impact_calibrations, training_data
 from training.distill import Teacher
 from training.modeling import FORMAT_VERSION, LabelSchema, build_model, load_tokenizer, save_trainable
 from training.module import NewsDataModule, NewsImpactModule
@@ -280,6 +280,7 @@ def run(config: TrainConfig, run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     # impact_from_return sources: the |return| -> impact rank table travels with the model (run.json,
     # adapter/ and every export), so evaluation and users map impact the way training did.
     calibrations = impact_calibrations(config.data)
+    learned_from = training_data(config.data)  # sources, splits and their date ranges (newsimpact.json)
     teacher = (
         Teacher(config.distill, config.schema.topics, schema.sentiment_labels, list(scale["coarse_labels"]))
         if config.distill.teacher
@@ -323,6 +324,7 @@ def run(config: TrainConfig, run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         "config": asdict(config),
         "config_hash": config_hash(config),
         "impact_calibration": calibrations,
+        "training_data": learned_from,
         "git_revision": git_revision(),
         "started_at": dt.datetime.now(dt.timezone.utc).isoformat(),
     }
@@ -371,6 +373,7 @@ def run(config: TrainConfig, run_dir: str | os.PathLike[str]) -> dict[str, Any]:
                         "config_hash",
                         "impact_calibration",
                         "label_counts",
+                        "training_data",
                     )
                 },
             )

@@ -207,3 +207,17 @@ def test_a_deepspeed_checkpoint_folder_is_read_with_deepspeed_or_refused_by_name
         read_checkpoint(folder)
     last = trained_run / "checkpoints" / "last.ckpt"
     assert "state_dict" in read_checkpoint(last)  # a file is a plain torch checkpoint
+
+
+def test_every_export_says_what_the_model_learned_from(trained_run, exported):
+    """training_data: the sources, splits and (for dated sources) the dates a model trained and selected
+    on, in the run's adapter and every export; the scorer copies it into its manifest for signals."""
+    import json as _json
+
+    for folder in (trained_run / "adapter", *exported.values()):
+        data = _json.loads((folder / "newsimpact.json").read_text())["training_data"]
+        sample = data["sample"]
+        assert sample["dataset"] == "sample" and set(sample["splits"]) == {"train", "validation"}
+        train = sample["splits"]["train"]
+        assert train["rows"] > 100 and train["first_date"] <= train["last_date"]
+        assert len(train["first_date"]) == 10  # a date, not a timestamp

@@ -220,3 +220,45 @@ def test_report_renders_in_headless_chromium(tmp_path, prices):
     ]
     assert not console_errors, console_errors
     assert sys.platform.startswith("linux")
+
+
+def _with_manifest(scored, first, last):
+    training_data = {
+        "stocknet": {"dataset": "stocknet", "splits": {"train": {"first_date": first, "last_date": last}}}
+    }
+    (scored / "manifest.json").write_text(json.dumps({"model": {"training_data": training_data}}))
+
+
+@pytest.mark.parametrize("policy", ["exclude", "flag", "refuse"])
+def test_days_the_model_trained_on_are_left_out_flagged_or_refused(tmp_path, prices, policy):
+    path, frame = prices
+    scored = _scored(tmp_path, _articles(frame, "next"))
+    dates = sorted(frame["date"].unique())
+    _with_manifest(scored, dates[0], dates[39])  # the model trained on the first 40 sessions
+    config = SignalsConfig(
+        scores=str(scored), output_dir=str(tmp_path / "out"), prices=str(path), training_days=policy
+    )
+    validate_signals_config(config)
+    if policy == "refuse":
+        with pytest.raises(ConfigError, match="overlap dates the model trained or selected on"):
+            run(config)
+        return
+    run(config)
+    ev = json.loads((tmp_path / "out" / "evaluation.json").read_text())
+    trained = ev["training_days"]
+    assert trained["known"] and trained["overlapping_sessions"] >= 40
+    n_days = ev["horizons"]["1"]["sentiment_mean"]["n_days"]
+    report = (tmp_path / "out" / "report.html").read_text()
+    if policy == "exclude":
+        # 40 trained sessions and the 5 after them (an event window looks back 5) are left out
+        assert trained["evaluated_first"] > dates[39 + 5] and n_days < 90 - 45
+        assert "are left out of the evaluation" in report
+    else:
+        assert n_days >= 80 and "In-sample days kept" in report
+
+
+def test_a_manifest_without_training_data_is_said_in_the_report(tmp_path, prices):
+    path, frame = prices
+    ev = _evaluate(tmp_path, _articles(frame, "next")[:400], path)
+    assert ev["training_days"]["known"] is False
+    assert "evaluation days were not checked" in (tmp_path / "out" / "report.html").read_text()
