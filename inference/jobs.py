@@ -10,8 +10,10 @@ talking to each other:
   ``O_EXCL`` and keeps it fresh (a heartbeat thread touches it). A claim whose process is gone (same
   host: its pid no longer runs) or that has not been touched for ``claim_timeout_s`` is taken over, so a
   dead worker's unit is scored again by someone else or by the next rerun.
-- ``_done/<unit>.json``: written after the unit's parts are renamed into place; a unit is done when its
-  record exists and every part it lists does. Part names are fixed by the plan, so a unit scored twice
+- ``_done/<unit>.json``: written after the unit's parts are renamed into place, with each part's (and
+  errors file's) byte size and SHA-256; a unit is done when its record exists and every part it lists
+  does. A run starts by checking every done record's files (sizes; ``inference.verify=full``: hashes):
+  a unit whose file changed or went missing loses its record and files and is scored again. Part names are fixed by the plan, so a unit scored twice
   (a slow worker whose claim was taken over) replaces its parts with the same rows: each input row
   still appears exactly once.
 - ``_workers/<worker>.json``: what each worker did in this run (rows, units, seconds), written when it
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import secrets
@@ -104,6 +107,52 @@ def done_units(out: Path) -> dict[str, dict[str, Any]]:
 
 def mark_done(out: Path, unit: Unit, record: dict[str, Any]) -> None:
     atomic_write_text(out / DONE / f"{unit.name}.json", json.dumps(record))
+
+
+def file_record(path: Path) -> dict[str, Any]:
+    """Byte size and SHA-256 of an output file, for its unit's done record."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 22):
+            digest.update(block)
+    return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def _mismatch(out: Path, name: str, expected: dict[str, Any], verify: str) -> str | None:
+    path = out / name
+    if not path.is_file():
+        return f"{name} is missing"
+    size = path.stat().st_size
+    if size != expected["bytes"]:
+        return f"{name} is {size:,} bytes, its done record says {expected['bytes']:,}"
+    if verify == "full" and file_record(path)["sha256"] != expected["sha256"]:
+        return f"{name} differs from the SHA-256 in its done record"
+    return None
+
+
+def check_done(out: Path, verify: str = "size") -> list[str]:
+    """Done records whose files no longer match (``verify``: size, or full for SHA-256 as well): each such
+    unit's record and files are removed, so this run scores it again; returns one line per unit saying
+    why. Records written before sizes were recorded are trusted as they are. Call under the job lock."""
+    problems = []
+    for record_path in sorted((out / DONE).glob("*.json")):
+        try:
+            record = json.loads(record_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        files = record.get("files") or {}
+        reasons = [r for name, exp in files.items() if (r := _mismatch(out, name, exp, verify))]
+        if not reasons:
+            continue
+        record_path.unlink()
+        for name in files:
+            with contextlib.suppress(FileNotFoundError):
+                (out / name).unlink()
+        problems.append(f"unit {record_path.stem}: {'; '.join(reasons)}: scoring it again")
+    if problems:
+        with contextlib.suppress(FileNotFoundError):
+            (out / "_SUCCESS").unlink()
+    return problems
 
 
 # -- claims -------------------------------------------------------------------------------------------
@@ -239,23 +288,25 @@ def this_run_workers(out: Path) -> list[dict[str, Any]]:
     return sorted(records, key=lambda r: r.get("started_at", ""))
 
 
-def begin_run(out: Path) -> None:
+def begin_run(out: Path, verify: str = "size") -> list[str]:
     """A worker starting on a job whose last manifest says complete begins a new run (a rerun): the
     finished run's worker records move to ``_workers/previous/``, so this run's manifest lists only this
     run's workers. After an interrupted run (no complete manifest) the records stay: the rerun finishes
-    that run."""
+    that run. First, done units whose files changed are reopened (:func:`check_done`, returned)."""
     with job_lock(out):
+        reopened = check_done(out, verify)
         try:
             finished = json.loads((out / "manifest.json").read_text()).get("complete") is True
         except (OSError, ValueError, AttributeError):
             finished = False
         if not finished:
-            return
+            return reopened
         previous = out / WORKERS / "previous"
         previous.mkdir(parents=True, exist_ok=True)
         for path in (out / WORKERS).glob("*.json"):
             with contextlib.suppress(FileNotFoundError):
                 path.replace(previous / path.name)
+    return reopened
 
 
 @contextlib.contextmanager

@@ -128,7 +128,8 @@ def run_ray(config: Any, files: list[str]) -> dict[str, Any]:
         )
         precision = ray.get(probe.remote(opts.precision))
         job = open_job(config, files, out, precision)
-        jobs.begin_run(out)  # a rerun of a finished job: its manifest lists this run's workers
+        for line in jobs.begin_run(out, opts.verify):  # units whose files changed: scored again
+            log.warning(line)
         done = jobs.done_units(out)
         todo = [u for u in jobs.claim_order(jobs.units_of(job)) if u.name not in done]
         results = _score_on_actors(config, job, precision, todo, per_gpu) if todo else []

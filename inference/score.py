@@ -116,6 +116,8 @@ class RunOptions:
     prep_workers: int | None = None
     keep_heap: bool = True  # CPU, glibc: large tensors from a heap that keeps freed memory (faster)
     max_error_rate: float | None = None
+    # what a run checks of the units already done: size (each file's byte size, cheap) | full (SHA-256 too)
+    verify: str = "size"
     overwrite: bool = False
     progress: bool = True
     claim_timeout_s: int = 300  # a claim on another host untouched this long is taken over
@@ -155,6 +157,8 @@ def validate_score_config(config: ScoreConfig) -> list[str]:
     opts = config.inference
     if opts.precision not in ("auto", "fp32", "bf16", "fp16"):
         problems.append(f"inference.precision='{opts.precision}' must be auto, fp32, bf16 or fp16")
+    if opts.verify not in ("size", "full"):
+        problems.append(f"inference.verify='{opts.verify}' must be size or full")
     if opts.attention not in ("auto", "sdpa", "bmm"):
         problems.append(f"inference.attention='{opts.attention}' must be auto, sdpa or bmm")
     if opts.impact_aggregation not in ("max", "mean"):
@@ -535,8 +539,12 @@ def score_unit(
     if claim is not None and not claim.still_mine():
         raise LostClaim(unit.name)
     seconds = round(time.perf_counter() - started, 3)
+    written = [f"part-{name}.parquet" for name in parts] + [
+        f"errors-{name}.jsonl" for name in parts if (out / f"errors-{name}.jsonl").exists()
+    ]
     record = {
         "parts": [f"part-{name}.parquet" for name in parts],
+        "files": {f: jobs.file_record(out / f) for f in written},  # checked by the next run (verify)
         **counts,
         "worker": worker,
         "seconds": seconds,
@@ -763,7 +771,10 @@ def run(config: ScoreConfig, files: list[str], single_process: bool = False) -> 
         if rank == 0:  # plans (and replaces, with overwrite) before the other ranks look
             try:
                 open_job(config, files, out, precision)
-                jobs.begin_run(out)  # a rerun of a finished job: its manifest lists this run's workers
+                # a rerun of a finished job: its manifest lists this run's workers; units whose files
+                # changed since they were done are scored again
+                for line in jobs.begin_run(out, opts.verify):
+                    log.warning(line)
             except ConfigError as err:
                 problem = err.problems
         if dist:

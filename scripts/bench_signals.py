@@ -4,11 +4,14 @@
         --model tfns_mpnet=bench_runs/quality/tfns_mpnet_s2/model
 
 For each dataset (``--datasets``, default both):
-- ``stocknet``: StockNet's test period (2015-10-01 .. 2015-12-31, 82 tickers with tweets), one document per
-  (ticker, day) -- the day's tweets about that ticker, as the dataset ships them -- with ``tickers`` and the
-  date passed through; ``date_only_session=same`` (a day's tweets belong to that day's session, whose
-  close-to-next-close move is StockNet's target). Prices: the dataset's own ``prices.parquet``;
-  abnormal returns against the equal-weighted mean of its 88 tickers.
+- ``stocknet``: all of StockNet (2014-01 .. 2015-12, train, validation and test: ~25,700 documents), one
+  document per (ticker, day) -- the day's tweets about that ticker, as the dataset ships them -- with
+  ``tickers`` and the date passed through; ``date_only_session=same`` (a day's tweets belong to that day's
+  session, whose close-to-next-close move is StockNet's target). Prices: the dataset's own
+  ``prices.parquet``; abnormal returns against the equal-weighted mean of its 88 tickers. Each model is
+  evaluated on the days it never trained on: ``newsimpact signals`` reads the dates the model trained and
+  selected on from the scores' manifest (``training_days=exclude``), so a model trained on StockNet (the
+  mix behind ``card``) keeps its test quarter and the TFNS / FPB / MPNet models keep both years.
 - ``fnspid``: every headline of the FNSPID sample (AA 2014-2024, AAPL 2023-12..2024-01; no experiment
   trains on it), dated by day (``date_only_session=same``). Two names give no daily cross-section, so
   its figure is the per-ticker time-series IC; raw returns (benchmark none).
@@ -43,7 +46,9 @@ REFERENCE_SIGNALS = ["vader_mean", "lm_mean", "shuffled_control", "news_volume_z
 
 
 def prepare_stocknet(data: Path, work: Path) -> tuple[Path, Path, list[str]]:
-    test = pd.read_parquet(data / "stocknet" / "test.parquet")
+    test = pd.concat(
+        [pd.read_parquet(data / "stocknet" / f"{s}.parquet") for s in ("train", "validation", "test")]
+    )
     records = pd.DataFrame(
         {
             "id": test["ticker"] + "-" + test["date"].astype(str),
@@ -165,6 +170,37 @@ def table_stocknet(results: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _bp(x: Any) -> str:
+    return "-" if x is None or (isinstance(x, float) and x != x) else f"{x * 1e4:+.1f}"
+
+
+def table_pooled(results: list[dict[str, Any]]) -> list[str]:
+    """Per model and signal, on the days the model never trained on: the pooled next-session coefficient
+    with its date-clustered t (and two-way t), the event-study spread at +1 and +5, the daily IC."""
+    lines = [
+        "| model | signal | evaluated sessions | obs | pooled h=1 coef (bp/SD) | t | two-way t | h=5 coef (bp/SD) | t | "
+        "event spread +1 (bp) | +5 (bp) | daily IC h=1 (t) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def row(model: str, ev: dict[str, Any], signal: str) -> str:
+        p1, p5 = ev["pooled"]["1"][signal], ev["pooled"]["5"][signal]
+        spread = ev["event_study"][signal].get("spread", {})
+        trained = ev.get("training_days", {})
+        window = f"{trained.get('evaluated_first', '?')} .. {trained.get('evaluated_last', '?')}"
+        ic = ev["horizons"]["1"][signal]
+        return (
+            f"| {model} | `{signal}` | {window} | {p1['n_obs']} | {_bp(p1['coef'])} | {_f(p1['t'], 2)} | "
+            f"{_f(p1.get('t_two_way'), 2)} | {_bp(p5['coef'])} | {_f(p5['t'], 2)} | {_bp(spread.get('+1'))} | "
+            f"{_bp(spread.get('+5'))} | {_f(ic['mean_ic'], 4)} ({_f(ic['t_stat'], 2)}) |"
+        )
+
+    for r in results:
+        lines += [row(r["model"], r["evaluation"], sig) for sig in MODEL_SIGNALS]
+        lines += [row(r["model"] + " days", r["evaluation"], sig) for sig in REFERENCE_SIGNALS]
+    return lines
+
+
 def table_time_series(results: list[dict[str, Any]]) -> list[str]:
     lines = [
         "| model | signal | AA h=1 IC (t, sessions) | AAPL h=1 IC (t, sessions) | AA h=5 IC | AAPL h=5 IC |",
@@ -205,10 +241,18 @@ def markdown(report: dict[str, Any]) -> str:
         results = block["results"]
         if dataset == "stocknet":
             out += [
-                "### StockNet test period (2015-10 .. 2015-12), one document per (ticker, day) of tweets",
+                "### StockNet 2014-01 .. 2015-12, every session each model never trained on",
                 "",
-                "Daily cross-sectional rank IC of the signal at session t against the abnormal return "
-                "close(t) -> close(t+h) (equal-weighted benchmark of the 88 tickers); quintile long-short.",
+                "One document per (ticker, day) of tweets. Pooled: OLS of the abnormal return close(t) -> "
+                "close(t+h) (equal-weighted benchmark of the 88 tickers) on the signal standardised over the "
+                "sample, t clustered by date (Newey-West lags h-1), two-way t also by ticker. Event spread: "
+                "the top signal tercile's cumulative abnormal return minus the bottom tercile's, from 5 "
+                "sessions before the news session. The reference rows (VADER, Loughran-McDonald, the "
+                "shuffled control, news volume) are evaluated on the same days as the model above them.",
+                "",
+                *table_pooled(results),
+                "",
+                "Daily rank IC and quintile long-short on the same days:",
                 "",
                 *table_stocknet(results),
                 "",

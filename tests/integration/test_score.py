@@ -497,3 +497,36 @@ def test_embeddings_from_an_onnx_export_are_refused_before_any_work(exported, tm
     with pytest.raises(ConfigError, match="inference.embeddings=true.*ONNX.*export.format=merged"):
         validate_score_config(config)
     assert not (tmp_path / "o").exists()
+
+
+def test_a_part_changed_after_its_unit_finished_is_scored_again(exported, tmp_path, caplog):
+    """600 rows in 5 units, one part truncated to 100 bytes: the rerun says so and rescores that unit
+    (not the others); a same-size change is caught with inference.verify=full."""
+    rows = [{"id": f"r{i}", "text": f"Acme news item number {i}"} for i in range(600)]
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out"
+    first = _score(exported["merged"], str(src), out, unit_rows=120)
+    assert first["units"]["total"] == 5 and first["complete"]
+    parts = sorted(out.glob("part-*.parquet"))
+    record = json.loads((out / "_done" / f"{parts[2].name[5:-8]}.json").read_text())
+    assert record["files"][parts[2].name]["bytes"] == parts[2].stat().st_size
+    assert len(record["files"][parts[2].name]["sha256"]) == 64
+    untouched = {p.name: p.stat().st_mtime_ns for p in parts if p != parts[2]}
+    parts[2].write_bytes(parts[2].read_bytes()[:100])
+    with caplog.at_level("WARNING", logger="newsimpact.score"):
+        second = _score(exported["merged"], str(src), out, unit_rows=120)
+    assert any(parts[2].name in m and "100 bytes" in m and "scoring it again" in m for m in caplog.messages)
+    assert second["units"]["this_run"] == 1 and second["scored"] == 600 and second["complete"]
+    assert sorted(_read(out)["id"]) == sorted(r["id"] for r in rows)
+    assert {p: out.joinpath(p).stat().st_mtime_ns for p in untouched} == untouched
+
+    # the same size, other bytes: only the hashes see it
+    data = bytearray(parts[0].read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    parts[0].write_bytes(bytes(data))
+    assert _score(exported["merged"], str(src), out, unit_rows=120)["units"]["this_run"] == 0
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="newsimpact.score"):
+        full = _score(exported["merged"], str(src), out, unit_rows=120, verify="full")
+    assert full["units"]["this_run"] == 1 and any("SHA-256" in m for m in caplog.messages)
+    assert sorted(_read(out)["id"]) == sorted(r["id"] for r in rows)
