@@ -1,6 +1,6 @@
 """Streaming readers for news archives: jsonl (plain, .gz, .zst), parquet and csv, local or fsspec URLs.
 
-Files are cut into work units without reading their bodies (DESIGN section 6), and a unit's reading cost
+Files are cut into work units without reading their bodies (docs/DESIGN.md section 6), and a unit's reading cost
 is proportional to its own size:
 
 - ``bytes``: plain jsonl/csv, a byte range ``[start, end)``. Like a Hadoop/Spark input split, a unit owns

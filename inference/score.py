@@ -1,6 +1,6 @@
 """Score news archives with an exported model: ``python -m inference.score model_dir=DIR input=GLOB output_dir=OUT``.
 
-Several workers share one job (DESIGN section 6, inference/jobs.py): ``torchrun --nproc_per_node=N -m
+Several workers share one job (docs/DESIGN.md section 6, inference/jobs.py): ``torchrun --nproc_per_node=N -m
 inference.score ...`` (or ``accelerate launch``), the same command started N times on one shared
 ``output_dir`` (a SLURM array, preemptible nodes, several machines), or ``inference.backend=ray`` on a Ray
 cluster (inference/ray_backend.py). Files are cut into work units without reading their bodies

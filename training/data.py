@@ -1,7 +1,7 @@
 """Labelled sources onto the canonical schema, tokenized and batched (no Lightning here).
 
 Flow: :func:`load_split` reads one split of one source with ``datasets`` (local jsonl/csv/parquet or a hub
-id); :func:`to_canonical` maps its columns and label names onto the canonical schema of DESIGN section 2;
+id); :func:`to_canonical` maps its columns and label names onto the canonical schema of docs/DESIGN.md section 2;
 :func:`encode` tokenizes and turns labels into targets (``-100``/NaN where a row has no label, so that
 head's loss is masked); :class:`Collator` pads a batch. ``datasets.map`` caches both steps by fingerprint.
 """

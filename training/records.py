@@ -1,4 +1,4 @@
-"""The scored-record contract, defined once (DESIGN section 6).
+"""The scored-record contract, defined once (docs/DESIGN.md section 6).
 
 What the heads return at inference time (names, post-processing), which is what the ONNX graph outputs,
 what evaluation compares with labels, and the columns and Arrow types of a scored record that the batch
