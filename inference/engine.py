@@ -764,11 +764,11 @@ PACKAGED_TICKER_MAPS = ("us_stocknet", "india_sentfin")
 
 def packaged_ticker_map(name: str) -> dict[str, str]:
     """A company-name map that ships in the package (newsimpact/ticker_maps/, scripts/build_ticker_maps.py)."""
-    from importlib import resources
+    from training.packaged_models import ticker_map_text
 
     if name not in PACKAGED_TICKER_MAPS:
         raise ValueError(f"unknown ticker map '{name}'; packaged: {', '.join(PACKAGED_TICKER_MAPS)}")
-    text = resources.files("newsimpact").joinpath("ticker_maps", f"{name}.json").read_text(encoding="utf-8")
+    text = ticker_map_text(name)
     return dict(json.loads(text)["names"])
 
 

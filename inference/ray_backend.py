@@ -35,11 +35,11 @@ class UnitScorer:
     """A Ray Data actor: loads the model once, then scores the units it is handed."""
 
     def __init__(self, config: Any, job: dict[str, Any], precision: str, threads: int):
-        from inference.score import Progress, build_scorer, new_worker_record
+        from inference.worker import Progress, build_scorer, new_worker_record
 
         self.config, self.job = config, job
         self.out = Path(config.output_dir)
-        from inference.score import worker_precision
+        from inference.worker import worker_precision
 
         device = _actor_device()
         if device == "cpu":
@@ -61,7 +61,7 @@ class UnitScorer:
         self.progress = Progress(self.out, self.record["worker"], 0, enabled=False)
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        from inference.score import LostClaim, score_unit
+        from inference.worker import LostClaim, score_unit
 
         unit = Unit(**{k: row[k] for k in ("file_index", "path", "index", "kind", "start", "end", "cost")})
         result: dict[str, Any] = {"unit": unit.name, "worker": self.record["worker"], "scored_here": False}
@@ -108,7 +108,8 @@ def run_ray(config: Any, files: list[str]) -> dict[str, Any]:
         raise ConfigError(
             ["inference.backend=ray needs Ray Data: pip install 'newsimpact[ray]' (or 'ray[data]')"]
         ) from None
-    from inference.score import finish, new_worker_record, open_job
+    from inference.manifest import finish, open_job
+    from inference.worker import new_worker_record
 
     opts = config.inference
     out = Path(config.output_dir)

@@ -5,7 +5,7 @@
 1. Reads the scorer's ``part-*.parquet`` files: tickers from the ``tickers`` output (with per-ticker scores
    where the model gives them), the article time from a column passed through with
    ``inference.keep_columns`` (``timestamp_column``). Each (article, ticker) is put on its trading session
-   by the same code impact labels use (:func:`training.impact_labels.event_session`: time zones, after the
+   by the same code impact labels use (:func:`training.markets.event_session`: time zones, after the
    close and non-trading days -> the next session). Without prices the sessions are weekdays.
 2. Writes ``signals.parquet``: one row per (ticker, session) with ``n_articles``, ``sentiment_mean``,
    ``ticker_sentiment_mean``, ``impact_weighted_sentiment``, ``impact_max``, ``sentiment_decayed``
@@ -34,7 +34,7 @@ from omegaconf import DictConfig
 from inference.signal_stats import EVENT_WINDOW, event_study, newey_west_t, pooled_regression
 from inference.signals_report import _as_list, _atomic_write, _f, evaluation_markdown, plots, write_report
 from training.config import ConfigError, entry_point, exit_on_config_error, load_validated, register_schema
-from training.impact_labels import Benchmark, Calendar, PriceColumns, event_session, load_prices
+from training.markets import Benchmark, Calendar, PriceColumns, event_session, load_prices
 
 log = logging.getLogger("newsimpact.signals")
 

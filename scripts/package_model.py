@@ -124,8 +124,23 @@ def measure_speed(model_dir: Path, work: Path) -> dict[str, Any]:
     }
 
 
+def _training_data(recipe: Recipe) -> dict[str, Any]:
+    """What the recipe trains on, composed from today's configs (for a run made before runs recorded
+    training_data: the same sources and splits, with the dates of the dated ones)."""
+    from hydra import compose, initialize_config_dir
+
+    from training.config import TrainConfig, load_config
+    from training.data import training_data
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=recipe.experiment.overrides)
+    return training_data(load_config(cfg, TrainConfig).data)
+
+
 def _rewrite_meta(folder: Path, recipe: Recipe, run_info: dict[str, Any]) -> None:
     meta = json.loads((folder / "newsimpact.json").read_text())
+    if "training_data" not in meta:
+        meta["training_data"] = _training_data(recipe)
     meta["base_model"] = recipe.backbone
     meta["exported_from"] = {"checkpoint": meta.get("exported_from", {}).get("checkpoint")}
     meta["packaged"] = {

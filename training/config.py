@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException, ValidationError
+
+from training.errors import ConfigError  # noqa: F401  (re-exported: training.config.ConfigError)
 
 DEFAULT_SENTIMENT_LABELS = ["strongly negative", "negative", "neutral", "positive", "strongly positive"]
 DEFAULT_TOPICS = [
@@ -59,19 +61,15 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _sample_dir() -> str:
-    from newsimpact import sample_dir
+    from training.packaged_models import sample_dir
 
     return str(sample_dir())
 
 
 def _data_dir(name: str = "") -> str:
-    """Where the public datasets are: $NEWSIMPACT_DATA_DIR, else ../shared/data beside a checkout, else
-    ./data under the working directory."""
-    root = os.environ.get("NEWSIMPACT_DATA_DIR")
-    if not root:
-        beside = PROJECT_ROOT.parent / "shared" / "data"
-        root = str(beside) if (PROJECT_ROOT / "pyproject.toml").exists() else str(Path.cwd() / "data")
-    return str(Path(root) / name) if name else root
+    from training.packaged_models import data_dir
+
+    return data_dir(name)
 
 
 def _derived_dir(name: str) -> str:
@@ -92,14 +90,6 @@ for _name, _resolver in (
 ):
     if not OmegaConf.has_resolver(_name):
         OmegaConf.register_new_resolver(_name, _resolver)
-
-
-class ConfigError(ValueError):
-    """One or more configuration problems; each line names the key, the bad value and the fix."""
-
-    def __init__(self, problems: Iterable[str]):
-        self.problems = list(problems)
-        super().__init__("\n".join(self.problems))
 
 
 @dataclass

@@ -20,7 +20,7 @@ import torch
 
 from training.config import DataConfig, SchemaConfig, SourceConfig, SplitConfig, source_split_files
 from training.distill import TEACHER_COLUMNS
-from training.impact_labels import apply_calibration, build_calibration
+from training.markets import apply_calibration, build_calibration
 from training.scale import Scale
 from training.text import normalize
 from training.tickers import find_mentions, spans_to_tokens
@@ -546,7 +546,7 @@ def build_splits(
     (source name -> rank table, as saved with a run) replaces the impact mapping built from the source's
     training rows, so evaluation applies the mapping the model was trained with. ``replace_urls`` is the
     model's text normalisation (:func:`training.text.normalize`). ``teacher``
-    (:class:`training.distill.Teacher`) adds its outputs to every training split as soft targets.
+    (:class:`training.teacher.Teacher`) adds its outputs to every training split as soft targets.
     ``seed``: the run's seed, for ``max_samples`` subsets and source weights.
     """
     per_split: dict[str, list[datasets.Dataset]] = {}

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from training.artifacts import _tmp_name
-from training.packaged_models import _exclusive, cache_dir
+from training.errors import ConfigError
+from training.packaged_models import _exclusive, cache_dir, data_dir
 
 DONE = "_BUILT.json"
 
@@ -55,16 +56,12 @@ def _builders() -> dict[str, Builder]:
 
 
 def _data_dir() -> Path:
-    from training.config import _data_dir as data_dir
-
     return Path(data_dir())
 
 
 def _builder(name: str) -> Builder:
     builders = _builders()
     if name not in builders:
-        from training.config import ConfigError
-
         raise ConfigError([f"derived source '{name}' is unknown; known: {', '.join(builders)}"])
     return builders[name]
 
@@ -106,8 +103,6 @@ def ensure(name: str, root: str | os.PathLike[str]) -> Path:
             return target
         problems = missing_inputs(name)
         if problems:
-            from training.config import ConfigError
-
             raise ConfigError(problems)
         for stale in target.parent.glob(f".{target.name}.tmp-*"):
             shutil.rmtree(stale, ignore_errors=True)  # a build killed midway (we hold the lock)

