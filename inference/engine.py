@@ -22,6 +22,7 @@ import torch
 
 from inference import attention as cpu_attention
 from inference.cpu_ops import keep_heap_memory, use_inplace_gelu
+from training import model_meta
 from training.modeling import HEADS_FILE, META_FILE, load_tokenizer, load_trained, read_meta
 from training.records import HEAD_OUTPUTS, head_outputs, untrained
 from training.scale import Scale
@@ -445,11 +446,8 @@ class Scorer:
         self.untrained_heads = set(missing["heads"])
         self.max_length: int = self.meta["max_length"]
         self.replace_urls: str | None = self.meta.get("replace_urls")
-        self.stride = (
-            stride
-            if stride is not None
-            else self.meta.get("chunking", {}).get("stride", self.max_length // 8)
-        )
+        # the folder's own chunk overlap (exports write it), else the one default rule (training/model_meta.py)
+        self.stride = stride if stride is not None else model_meta.ModelMeta.from_dict(self.meta).stride
         self.tokenizer = load_tokenizer(model_dir)
         use_onnx = self.meta.get("format") == "onnx"
         if embeddings and use_onnx:

@@ -21,8 +21,8 @@ from inference.engine import (
 from inference.options import OutputOptions, ScoreConfig
 from inference.readers import plan_units
 from inference.worker import _now
+from training import model_meta
 from training.config import ConfigError
-from training.modeling import META_FILE
 from training.packaged_models import packaged_name
 
 log = logging.getLogger("newsimpact.score")
@@ -181,9 +181,7 @@ def _manifest(
             "name": packaged_name(config.model_dir),  # a packaged model's name (card ...), else null
             "hash": job["identity"]["model"],
             # the sources, splits and date ranges it learned from: `newsimpact signals` evaluates off them
-            "training_data": json.loads((Path(config.model_dir) / META_FILE).read_text()).get(
-                "training_data"
-            ),
+            "training_data": model_meta.read(config.model_dir).training_data,
         },
         "config": asdict(config),
         "finished_at": _now(),

@@ -4,7 +4,6 @@
 inference/manifest.py); ``RunOptions`` change only speed or policy, so a rerun may change them freely.
 """
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from inference.engine import (
     SENTIMENT_AGGREGATIONS,
 )
 from inference.readers import expand_inputs
+from training import model_meta
 from training.config import ConfigError, register_schema
 from training.modeling import META_FILE
 from training.packaged_models import model_dir_problem, resolve_model_dir
@@ -167,7 +167,7 @@ def validate_score_config(config: ScoreConfig) -> list[str]:
     if opts.ticker_map_file and not Path(opts.ticker_map_file).is_file():
         problems.append(f"inference.ticker_map_file='{opts.ticker_map_file}' does not exist")
     meta_file = Path(config.model_dir) / META_FILE
-    if opts.embeddings and meta_file.exists() and json.loads(meta_file.read_text()).get("format") == "onnx":
+    if opts.embeddings and meta_file.exists() and model_meta.read(config.model_dir).format == "onnx":
         problems.append(
             f"inference.embeddings=true: model_dir='{config.model_dir}' is an ONNX export, whose graph outputs "
             "the heads only; score with a merged or adapter export (export.format=merged)"

@@ -642,7 +642,7 @@ def teacher_dirs(teacher: Any) -> list[str]:
 
 
 def _check_distill(config: TrainConfig, problems: list[str]) -> None:
-    import json
+    from training import model_meta
 
     distill = config.distill
     teacher = distill.teacher
@@ -665,21 +665,20 @@ def _check_distill(config: TrainConfig, problems: list[str]) -> None:
     key = "distill.teacher" if len(dirs) == 1 else "distill.teacher[{}]"
     for i, folder in enumerate(dirs):
         name = key.format(i)
-        meta_path = Path(folder) / "newsimpact.json"
-        if not meta_path.is_file():
+        if not (Path(folder) / "newsimpact.json").is_file():
             problems.append(
                 f"{name}='{folder}' is not an exported model (no newsimpact.json); "
                 "export the teacher with `python -m training.export run_dir=RUN output_dir=DIR`"
             )
             continue
-        meta = json.loads(meta_path.read_text())
-        if distill.hidden_weight > 0 and meta.get("format") == "onnx":
+        meta = model_meta.read(folder)
+        if distill.hidden_weight > 0 and meta.format == "onnx":
             problems.append(
                 f"distill.hidden_weight={distill.hidden_weight}: the teacher '{folder}' is an ONNX "
                 "export, whose graph has no pooled state; use a merged or adapter export of it, or "
                 "distill.hidden_weight=0"
             )
-        labels = meta["schema"]["sentiment_labels"]
+        labels = meta.sentiment_labels
         if labels != list(config.schema.sentiment_labels):
             problems.append(
                 f"{name}'s sentiment labels {labels} differ from schema.sentiment_labels "

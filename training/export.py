@@ -24,8 +24,10 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
+from training import model_meta
 from training.artifacts import atomic_dir
 from training.config import ConfigError, entry_point, exit_on_config_error, load_validated, register_schema
+from training.model_meta import default_stride
 from training.modeling import (
     _DTYPES,
     FORMAT_VERSION,
@@ -334,11 +336,11 @@ def run(config: ExportConfig) -> Path:
             "exported_from": {"run_dir": str(run_dir.resolve()), "checkpoint": opts.checkpoint},
             "chunking": {
                 "max_length": run_meta["max_length"],
-                "stride": max(16, run_meta["max_length"] // 8),
+                "stride": default_stride(run_meta["max_length"]),
             },
             "onnx": {"file": "model.onnx", "outputs": list(HEAD_OUTPUTS)} if opts.format == "onnx" else None,
         }
-        (folder / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+        model_meta.write(folder, meta)
         (folder / "README.md").write_text(_model_card(meta, run_info))
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"newsimpact: exported {opts.format} model to {out} ({size / 1e6:.1f} MB)")

@@ -9,7 +9,6 @@ share the pass and scoring cost does not grow with their number.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -20,10 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from training import model_meta
 from training.config import HEADS, LossConfig, ModelConfig, PeftConfig
 
 HEADS_FILE = "heads.safetensors"
-META_FILE = "newsimpact.json"
+META_FILE = model_meta.META_FILE
 FORMAT_VERSION = 1
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -451,18 +451,13 @@ def save_trainable(model: NewsImpactModel, out_dir: str | os.PathLike[str], meta
                 backbone.save_pretrained(out / "backbone")
         heads = {k: v.detach().float().contiguous().cpu() for k, v in model.heads.state_dict().items()}
         save_file(heads, str(out / HEADS_FILE))
-        (out / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+        model_meta.write(out, meta)
 
 
 def read_meta(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """``newsimpact.json`` of a run's ``adapter/`` folder or an exported model folder."""
-    path = Path(model_dir) / META_FILE
-    if not path.exists():
-        raise FileNotFoundError(
-            f"{path} not found: model_dir must be a folder written by `python -m training.export` "
-            "(or a run's adapter/ folder)"
-        )
-    return json.loads(path.read_text())
+    """``newsimpact.json`` of a run's ``adapter/`` folder or an exported model folder, as a dict with the
+    defaults of older files filled in (:mod:`training.model_meta`, the one reader)."""
+    return model_meta.read(model_dir).to_dict()
 
 
 def _load_heads(model: NewsImpactModel, folder: Path) -> None:
@@ -479,20 +474,19 @@ def load_trained(folder: str | os.PathLike[str], dtype: str | None = None) -> Ne
     from transformers import AutoModel
 
     path = Path(folder)
-    meta = read_meta(path)
-    schema = LabelSchema(**meta["schema"])
-    fmt = meta.get("format", "run")
-    torch_dtype = _DTYPES[dtype or meta.get("dtype", "float32")]
-    if fmt in ("merged", "onnx"):
+    meta = model_meta.read(path)
+    schema = LabelSchema(**meta.schema)
+    torch_dtype = _DTYPES[dtype or meta.dtype]
+    if meta.format in ("merged", "onnx"):
         backbone = AutoModel.from_pretrained(path, dtype=torch_dtype)
     else:
-        weights = path / "backbone" if fmt == "run" else path
+        weights = path / "backbone" if meta.format == "run" else path
         if (weights / "adapter_config.json").exists():
             from peft import PeftModel
 
             from training.packaged_models import resolve_base_model
 
-            base_model = resolve_base_model(meta["base_model"])  # newsimpact:minilm -> its local folder
+            base_model = resolve_base_model(meta.base_model)  # newsimpact:minilm -> its local folder
             base = detach_pooler(AutoModel.from_pretrained(base_model, dtype=torch_dtype))
             backbone = PeftModel.from_pretrained(base, weights)
         else:  # peft.method=none: the run saved the whole fine-tuned backbone
@@ -501,9 +495,9 @@ def load_trained(folder: str | os.PathLike[str], dtype: str | None = None) -> Ne
     model = NewsImpactModel(
         backbone,
         schema,
-        pooling=meta["pooling"],
+        pooling=meta.pooling,
         head_dropout=0.0,
-        topic_pooling=meta.get("topic_pooling", "chunk"),  # files written before it existed: chunk
+        topic_pooling=meta.topic_pooling,
     )
     _load_heads(model, path)
     return model.eval()

@@ -86,7 +86,8 @@ def test_every_experiment_composes_and_validates(experiment, request, tmp_path, 
         teacher = tmp_path / "teacher"
         teacher.mkdir()
         schema = {"sentiment_labels": ["negative", "neutral", "positive"], "topics": []}
-        (teacher / "newsimpact.json").write_text(json.dumps({"schema": schema}))
+        meta = {"schema": schema, "base_model": "x", "max_length": 64, "format": "merged"}
+        (teacher / "newsimpact.json").write_text(json.dumps(meta))
         overrides.append(f"distill.teacher={teacher}")
     config = compose_train(overrides)
     assert config.name == experiment
