@@ -5,6 +5,8 @@ publishes it once (or refuses a folder that holds another job); :func:`finish` w
 (every worker of this run, counts over every finished unit) and ``_SUCCESS`` when every unit is done.
 """
 
+from __future__ import annotations
+
 import hashlib
 import json
 import logging

@@ -4,6 +4,8 @@
 inference/manifest.py); ``RunOptions`` change only speed or policy, so a rerun may change them freely.
 """
 
+from __future__ import annotations
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any

@@ -25,10 +25,11 @@ import torch
 from inference import jobs
 from inference.engine import configure_process
 from inference.readers import Unit
+from inference.worker import COUNT_KEYS
 from training.config import ConfigError
 
 log = logging.getLogger("newsimpact.score")
-_COUNTS = ("rows", "scored", "errors", "chunks", "tokens")
+_COUNTS = COUNT_KEYS
 
 
 class UnitScorer:

@@ -6,6 +6,8 @@ Local processes (torchrun ranks, independent processes) and Ray actors run the s
 the unit's done record with each file's size and SHA-256.
 """
 
+from __future__ import annotations
+
 import datetime as dt
 import itertools
 import json
@@ -14,6 +16,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -216,14 +219,36 @@ class Progress:
             self.bar.close()
 
 
-def _part_counts(out: Path, name: str) -> dict[str, int]:
+@dataclass
+class Counts:
+    """What a piece, a unit or a worker scored: rows read = scored + errors."""
+
+    rows: int = 0
+    scored: int = 0
+    errors: int = 0
+    chunks: int = 0
+    tokens: int = 0
+
+    def __iadd__(self, other: Counts) -> Counts:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        return self
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+COUNT_KEYS = tuple(f.name for f in fields(Counts))
+
+
+def _part_counts(out: Path, name: str) -> Counts:
     """Counts of a part (and its errors file) already in place: a resumed stream's earlier parts."""
     part = out / f"part-{name}.parquet"
     scored = pq.ParquetFile(part).metadata.num_rows
     chunks = sum(pq.read_table(part, columns=["n_chunks"]).column(0).to_pylist()) if scored else 0
     err = out / f"errors-{name}.jsonl"
     errors = sum(1 for line in err.read_text().splitlines() if line.strip()) if err.exists() else 0
-    return {"rows": scored + errors, "scored": scored, "errors": errors, "chunks": chunks, "tokens": 0}
+    return Counts(rows=scored + errors, scored=scored, errors=errors, chunks=chunks)
 
 
 def _segments(
@@ -274,16 +299,16 @@ def score_unit(
     counts of what this call scored."""
     started = time.perf_counter()
     parts, _, pieces = _segments(unit, opts, out)
-    counts = {"rows": 0, "scored": 0, "errors": 0, "chunks": 0, "tokens": 0}
-    here = dict(counts)  # what this call scored (a resumed stream's earlier parts are not)
+    counts, here = (
+        Counts(),
+        Counts(),
+    )  # the unit's, and what this call scored (not a resumed stream's earlier parts)
     for name in parts:
-        for key, value in _part_counts(out, name).items():
-            counts[key] += value
+        counts += _part_counts(out, name)
     for name, rows in pieces:
         piece = _score_piece(scorer, unit, name, rows, opts, out, pool, progress, claim)
-        for key, value in piece.items():
-            counts[key] += value
-            here[key] += value
+        counts += piece
+        here += piece
         parts.append(name)
     if claim is not None and not claim.still_mine():
         raise LostClaim(unit.name)
@@ -294,12 +319,12 @@ def score_unit(
     record = {
         "parts": [f"part-{name}.parquet" for name in parts],
         "files": {f: jobs.file_record(out / f) for f in written},  # checked by the next run (verify)
-        **counts,
+        **counts.as_dict(),
         "worker": worker,
         "seconds": seconds,
     }
     jobs.mark_done(out, unit, record)
-    return {**here, "seconds": seconds}
+    return {**here.as_dict(), "seconds": seconds}
 
 
 def _score_piece(
@@ -312,7 +337,7 @@ def _score_piece(
     pool: PrepPool,
     progress: Progress,
     claim: jobs.Claim | None,
-) -> dict[str, int]:
+) -> Counts:
     errors: list[dict[str, Any]] = []
     writer = PartWriter(out / f"part-{name}.parquet", opts.keep_columns, opts.embeddings)
     scored_rows = chunks = tokens = 0
@@ -337,13 +362,7 @@ def _score_piece(
         err_path = out / f"errors-{name}.jsonl"
         jobs.atomic_write_text(err_path, "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in errors))
     writer.commit()
-    return {
-        "rows": scored_rows + len(errors),
-        "scored": scored_rows,
-        "errors": len(errors),
-        "chunks": chunks,
-        "tokens": tokens,
-    }
+    return Counts(scored_rows + len(errors), scored_rows, len(errors), chunks, tokens)
 
 
 def _device(opts: InferenceOptions, local_rank: int) -> str:
@@ -428,11 +447,7 @@ def new_worker_record(
         "device": device,
         "precision": precision,
         "units": 0,
-        "rows": 0,
-        "scored": 0,
-        "errors": 0,
-        "chunks": 0,
-        "tokens": 0,
+        **Counts().as_dict(),
         "oom_splits": 0,
         "seconds": 0.0,
         "started_at": time.time(),
@@ -473,7 +488,7 @@ def work(
             finally:
                 claim.release()
             record["units"] += 1
-            for key in ("rows", "scored", "errors", "chunks", "tokens"):
+            for key in COUNT_KEYS:
                 record[key] += counts[key]
     finally:
         if pool is not None:
