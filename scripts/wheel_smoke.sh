@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The wheel as a new user installs it: build it, install it (not editable) into a fresh virtual environment,
-# and from a folder outside the checkout train 5 steps, export, and score a one-line jsonl with the
-# `newsimpact` command. CI runs this (.ci/run); by hand: scripts/wheel_smoke.sh [WORK_DIR]
+# and from a folder outside the checkout print a news card and score with the packaged model, then train 5
+# steps, export, and score a one-line jsonl with the `newsimpact` command. CI runs this (.ci/run); by hand: scripts/wheel_smoke.sh [WORK_DIR]
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 work="${1:-$(mktemp -d)}"
@@ -21,6 +21,16 @@ for module in (inference, training, newsimpact):
 print("imported from the installed wheel:", newsimpact.__file__)
 PY
 "$nsi" --help > help.txt && grep -q "impact-labels" help.txt && head -3 help.txt
+# The packaged model, with no training run: a news card, and scoring without model_dir (default: card)
+if grep -q '"card"' "$repo/newsimpact/models/models.json" 2>/dev/null; then   # the checkout ships it: so must the wheel
+    "$nsi" card "Acme Corp (NASDAQ: ACME) beats estimates and raises guidance" | tee card.txt
+    grep -q "sentiment" card.txt && grep -q "ACME" card.txt
+    echo '{"id": "c1", "text": "Acme Corp (NASDAQ: ACME) misses estimates and cuts its outlook"}' > card.jsonl
+    "$nsi" score input=card.jsonl output_dir=scored_card inference.progress=false
+    "$work/venv/bin/python" -c "import json; m = json.load(open('scored_card/manifest.json')); assert m['model']['name'] == 'card' and m['scored'] == 1, m['model']"
+else
+    echo "no packaged model 'card' in this build: skipping the card checks"
+fi
 "$nsi" train run_dir=r trainer.max_steps=5 trainer.enable_progress_bar=false
 "$nsi" export run_dir=r output_dir=m
 echo '{"id": "1", "text": "Acme Corp (NASDAQ: ACME) beats estimates and raises guidance"}' > one.jsonl
