@@ -108,21 +108,24 @@ def _block_bootstrap(
     x: np.ndarray, y: np.ndarray, dates: np.ndarray, block: int, reps: int, seed: int
 ) -> dict[str, Any]:
     """Moving blocks of ``block`` consecutive dates drawn with replacement until the sample has as many
-    dates as the original; the slope refitted on each draw."""
+    dates as the original; the slope refitted on each draw. Each date enters through its sums (n, x, y,
+    xy, xx), so a draw is a weighted sum over dates: all draws at once, as one matrix product."""
     codes, inverse = np.unique(dates, return_inverse=True)
-    order = np.argsort(inverse, kind="stable")
-    starts = np.searchsorted(inverse[order], np.arange(len(codes) + 1))
+    n_dates = len(codes)
+    stats = np.zeros((n_dates, 5))
+    for column, values in enumerate((np.ones_like(x), x, y, x * y, x * x)):
+        np.add.at(stats[:, column], inverse, values)
     rng = np.random.default_rng(seed)
-    block = max(1, min(block, len(codes)))
-    n_blocks = math.ceil(len(codes) / block)
-    coefs = np.empty(reps)
-    for r in range(reps):
-        first = rng.integers(0, len(codes) - block + 1, size=n_blocks)
-        picked = (first[:, None] + np.arange(block)).ravel()[: len(codes)]
-        idx = np.concatenate([order[starts[d] : starts[d + 1]] for d in picked])
-        xs, ys = x[idx], y[idx]
-        var = xs.var()
-        coefs[r] = ((xs - xs.mean()) * (ys - ys.mean())).mean() / var if var > 0 else np.nan
+    block = max(1, min(block, n_dates))
+    n_blocks = math.ceil(n_dates / block)
+    first = rng.integers(0, n_dates - block + 1, size=(reps, n_blocks))
+    picked = (first[:, :, None] + np.arange(block)).reshape(reps, -1)[:, :n_dates]
+    weights = np.zeros((reps, n_dates))
+    np.add.at(weights, (np.arange(reps)[:, None], picked), 1.0)
+    n, sx, sy, sxy, sxx = (weights @ stats).T
+    var = sxx / n - (sx / n) ** 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        coefs = np.where(var > 0, (sxy / n - sx * sy / n**2) / var, np.nan)
     coefs = coefs[~np.isnan(coefs)]
     return {
         "se": float(coefs.std(ddof=1)) if len(coefs) > 1 else math.nan,
