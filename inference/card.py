@@ -7,6 +7,10 @@ sentiment and the topic tags: in colour on a terminal, plain when piped (or with
 text). ``model_dir=DIR`` uses another model (default: the packaged ``card``); ``ticker_names=a,b`` the
 packaged company-name maps that find tickers named without a cashtag (default ``us_stocknet``; ``none``).
 The model runs once over all texts, with the same scorer and precision as ``newsimpact score``.
+
+Speed from a cold start: an adapter folder (every packaged model) is merged into its backbone once and
+the merged copy cached (``$NEWSIMPACT_CACHE_DIR/merged/<hash of the folder's files>``), so later cards
+load plain ``transformers`` weights and never import peft, whose import alone costs longer than the card.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
 USAGE = 'newsimpact card [--json] [--color auto|always|never] [model_dir=DIR] [ticker_names=a,b] "TEXT" ...'
@@ -100,6 +105,60 @@ def render(record: dict[str, Any], text: str, color: bool, width: int = 100) -> 
     return "\n".join(lines)
 
 
+def _folder_hash(folder: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(folder)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:20]
+
+
+def merged_copy(model_dir: str) -> str:
+    """``model_dir`` itself, or for an adapter folder (an adapter export or a run's ``adapter/``) a cached
+    merged copy: the adapter merged into its backbone by peft once, saved like ``export.format=merged``
+    (same heads, tokenizer and ``newsimpact.json``), under a lock and atomically."""
+    from training import model_meta
+
+    folder = Path(model_dir)
+    meta = model_meta.read(folder)
+    weights = folder / "backbone" if meta.format == "run" else folder
+    if meta.format not in ("adapter", "run") or not (weights / "adapter_config.json").is_file():
+        return model_dir
+    from training.packaged_models import _exclusive, cache_dir
+
+    target = cache_dir() / "merged" / _folder_hash(folder)
+    if (target / model_meta.META_FILE).is_file():
+        return str(target)
+    with _exclusive(target.parent / f".{target.name}.lock"):
+        if not (target / model_meta.META_FILE).is_file():
+            _write_merged(folder, target, meta)
+    return str(target)
+
+
+def _write_merged(folder: Path, target: Path, meta: Any) -> None:
+    from safetensors.torch import save_file
+
+    from training import model_meta
+    from training.artifacts import atomic_dir
+    from training.modeling import HEADS_FILE, load_tokenizer, load_trained, pooler_attached
+
+    print(f"newsimpact card: first use of {folder}: caching a merged copy in {target}", file=sys.stderr)
+    model = load_trained(folder)
+    backbone = model.backbone.merge_and_unload()
+    with atomic_dir(target, replace=True) as tmp:
+        with pooler_attached(backbone):
+            backbone.save_pretrained(tmp)
+        heads = {k: v.float().contiguous() for k, v in model.heads.state_dict().items()}
+        save_file(heads, str(tmp / HEADS_FILE))
+        load_tokenizer(str(folder)).save_pretrained(tmp)
+        meta.format, meta.dtype = "merged", "float32"
+        meta.chunking = meta.chunking or {"max_length": meta.max_length, "stride": meta.stride}
+        meta.extra["merged_from"] = str(folder.resolve())
+        model_meta.write(tmp, meta)
+
+
 def _texts(args: argparse.Namespace, stdin: TextIO) -> list[str]:
     if args.texts:
         return [t for t in args.texts if t.strip()]
@@ -143,7 +202,7 @@ def run(argv: Sequence[str], stdout: TextIO = sys.stdout, stdin: TextIO = sys.st
     configure_process("cpu")
     try:
         scorer = Scorer(
-            model_dir,
+            merged_copy(model_dir),
             precision=resolve_precision("auto", "cpu"),
             ticker_map=load_ticker_map(None, None, args.ticker_names),
         )

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -121,18 +122,21 @@ def measure_speed(model_dir: Path, work: Path) -> dict[str, Any]:
     )  # fmt: skip
     manifest = json.loads((out / "manifest.json").read_text())
     colds = []
-    for _ in range(3):
+    env = {**os.environ, "NEWSIMPACT_CACHE_DIR": str(work / "card_cache")}
+    shutil.rmtree(work / "card_cache", ignore_errors=True)
+    for _ in range(4):  # the first merges the adapter into a cached copy (inference/card.py)
         start = time.perf_counter()
         subprocess.run(
             [sys.executable, "-m", "newsimpact", "card", f"model_dir={model_dir}",
              "Acme Corp (NASDAQ: ACME) beats estimates and raises its full-year guidance"],
-            cwd=ROOT, check=True, capture_output=True,
+            cwd=ROOT, check=True, capture_output=True, env=env,
         )  # fmt: skip
         colds.append(time.perf_counter() - start)
     return {
         "docs_per_second": manifest["this_run"]["articles_per_s"],
         "articles": manifest["scored"],
-        "card_cold_start_seconds": round(min(colds), 2),
+        "card_first_use_seconds": round(colds[0], 2),
+        "card_cold_start_seconds": round(min(colds[1:]), 2),
         "machine": machine(),
     }
 
@@ -152,7 +156,7 @@ def _training_data(recipe: Recipe) -> dict[str, Any]:
 
 def _rewrite_meta(folder: Path, recipe: Recipe, run_info: dict[str, Any]) -> None:
     meta = json.loads((folder / "newsimpact.json").read_text())
-    if "training_data" not in meta:
+    if not meta.get("training_data"):  # a run made before runs recorded it
         meta["training_data"] = _training_data(recipe)
     meta["base_model"] = recipe.backbone
     meta["exported_from"] = {"checkpoint": meta.get("exported_from", {}).get("checkpoint")}
@@ -191,14 +195,15 @@ def model_card(recipe: Recipe, result: dict[str, Any], sources: list[dict[str, s
     return f"""# newsimpact packaged model `{recipe.name}`
 
 {recipe.summary}. Use it wherever a model folder goes: `newsimpact score model_dir={recipe.name} ...`,
-`newsimpact card --model {recipe.name} "..."`, `newsimpact evaluate model_dir={recipe.name} ...`.
+`newsimpact card model_dir={recipe.name} "..."`, `newsimpact evaluate model_dir={recipe.name} ...`.
 
 - Backbone: `{recipe.backbone}` (installed from PyPI with newsimpact; LoRA adapter and heads here)
 - Sentiment scale: {", ".join(schema["sentiment_labels"])}; topics: {", ".join(schema["topics"]) or "none"}
 - Size: {size / 1e6:.1f} MB in the package; max length {meta["max_length"]} tokens per chunk (longer
   articles are read in overlapping chunks)
 - Speed ({speed["machine"]}): {speed["docs_per_second"]:.0f} articles/s scoring the embedded sample's
-  articles with `newsimpact score`; one `newsimpact card` from a cold start {speed["card_cold_start_seconds"]:.1f} s
+  articles with `newsimpact score`; one `newsimpact card` from a cold start {speed["card_cold_start_seconds"]:.1f} s (best of
+  3; the first card after install also merges the adapter into a cached copy: {speed.get("card_first_use_seconds", float("nan")):.1f} s)
 
 ## Use
 {use}

@@ -40,6 +40,7 @@ def fake_registry(exported, tiny_bert, tmp_path, monkeypatch):
     }
     (models / pm.REGISTRY).write_text(json.dumps(registry))
     monkeypatch.setattr(pm, "models_dir", lambda: models)
+    monkeypatch.setenv("NEWSIMPACT_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setitem(pm.BACKBONES, "newsimpact:tiny", lambda: tiny_bert)
     return folder
 
@@ -147,10 +148,11 @@ def test_card_command_piped_is_plain(exported, tmp_path):
 
 
 @pytest.mark.parametrize("name", sorted(pm.packaged_models()))
-def test_every_packaged_model_matches_its_hashes_loads_and_scores(name):
+def test_every_packaged_model_matches_its_hashes_loads_and_scores(name, tmp_path, monkeypatch):
     """The models the package carries: intact, loadable from their symbolic backbone, and reading good
     news as better than bad news."""
     assert pm.verify_packaged_model(name) == []
+    monkeypatch.setenv("NEWSIMPACT_CACHE_DIR", str(tmp_path))  # the card's merged copy goes here
     out = io.StringIO()
     texts = [
         "Acme Corp beats estimates, raises full-year guidance; shares jump 12%",
@@ -164,3 +166,25 @@ def test_every_packaged_model_matches_its_hashes_loads_and_scores(name):
     )
     assert meta["base_model"] in pm.BACKBONES
     assert (pm.models_dir() / pm.packaged_models()[name]["folder"] / "README.md").is_file()
+
+
+def test_card_merges_an_adapter_once_and_scores_the_same(fake_registry, tmp_path):
+    """The card's cached merged copy: built on first use, reused after, the same outputs as the adapter."""
+    from inference.engine import Article, Scorer
+
+    merged = Path(card.merged_copy(str(fake_registry)))
+    assert merged.parent == tmp_path / "cache" / "merged" and (merged / "model.safetensors").is_file()
+    assert not (merged / "adapter_config.json").exists()
+    stamp = (merged / "newsimpact.json").stat().st_mtime_ns
+    assert card.merged_copy(str(fake_registry)) == str(merged)
+    assert (merged / "newsimpact.json").stat().st_mtime_ns == stamp
+    articles = [Article("1", "Acme Corp (NASDAQ: ACME) beats estimates"), Article("2", "Oil slips " * 60)]
+    a = Scorer(str(fake_registry)).score(articles)
+    b = Scorer(str(merged)).score(articles)
+    for x, y in zip(a, b):
+        assert x["sentiment"] == y["sentiment"] and x["n_chunks"] == y["n_chunks"]
+        assert (
+            abs(x["sentiment_score"] - y["sentiment_score"]) < 1e-4 and abs(x["impact"] - y["impact"]) < 1e-4
+        )
+        assert x["tickers"][0]["ticker"] == y["tickers"][0]["ticker"] if x["tickers"] else not y["tickers"]
+    assert card.merged_copy(str(merged)) == str(merged)  # a merged folder is used as it is
