@@ -145,8 +145,11 @@ def _write_merged(folder: Path, target: Path, meta: Any) -> None:
     from training.modeling import HEADS_FILE, load_tokenizer, load_trained, pooler_attached
 
     print(f"newsimpact card: first use of {folder}: caching a merged copy in {target}", file=sys.stderr)
+    import warnings
+
     model = load_trained(folder)
     backbone = model.backbone.merge_and_unload()
+    warnings.filterwarnings("ignore", category=FutureWarning)  # transformers' own deprecations while saving
     with atomic_dir(target, replace=True) as tmp:
         with pooler_attached(backbone):
             backbone.save_pretrained(tmp)
@@ -200,6 +203,9 @@ def run(argv: Sequence[str], stdout: TextIO = sys.stdout, stdin: TextIO = sys.st
         )
         return 2
     configure_process("cpu")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a card prints the card, not the weights loading
     try:
         scorer = Scorer(
             merged_copy(model_dir),
