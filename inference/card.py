@@ -147,9 +147,9 @@ def _write_merged(folder: Path, target: Path, meta: Any) -> None:
     print(f"newsimpact card: first use of {folder}: caching a merged copy in {target}", file=sys.stderr)
     import warnings
 
+    warnings.filterwarnings("ignore", category=FutureWarning)  # the libraries' own deprecations, not the user's
     model = load_trained(folder)
     backbone = model.backbone.merge_and_unload()
-    warnings.filterwarnings("ignore", category=FutureWarning)  # transformers' own deprecations while saving
     with atomic_dir(target, replace=True) as tmp:
         with pooler_attached(backbone):
             backbone.save_pretrained(tmp)
