@@ -8,6 +8,7 @@ head's loss is masked); :class:`Collator` pads a batch. ``datasets.map`` caches 
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -24,6 +25,8 @@ from training.markets import apply_calibration, build_calibration
 from training.scale import Scale
 from training.text import normalize
 from training.tickers import find_mentions, spans_to_tokens
+
+log = logging.getLogger("newsimpact.data")
 
 IGNORE_INDEX = -100
 _EXT_FORMATS = {
@@ -592,10 +595,18 @@ def training_data(data: DataConfig, splits: Sequence[str] = ("train", "validatio
             if source.date_column:
                 ds = load_split(source, split)
                 if source.date_column not in ds.column_names:
-                    raise ValueError(
-                        f"data.sources.{name}.date_column='{source.date_column}' is not a column of "
-                        f"{split.path} (columns: {ds.column_names})"
-                    )
+                    # e.g. the sample config pointed at data of your own without that column: no dates
+                    log.warning(
+                        "data.sources.%s.date_column='%s' is not a column of %s: its dates are not recorded",
+                        name, source.date_column, split.path,
+                    )  # fmt: skip
+                    entry["splits"][split_name] = {
+                        **record,
+                        "rows": len(ds),
+                        "first_date": None,
+                        "last_date": None,
+                    }
+                    continue
                 dates = sorted(str(d)[:10] for d in ds[source.date_column] if d is not None)
                 record.update(
                     rows=len(ds),
