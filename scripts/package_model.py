@@ -191,6 +191,17 @@ def model_card(recipe: Recipe, result: dict[str, Any], sources: list[dict[str, s
         else "Every training source is MIT-licensed."
     )
     schema = meta["schema"]
+    from training.records import untrained
+    from training.scale import Scale
+
+    missing = untrained(meta.get("label_counts"), Scale.of(schema))
+    topics = [t for t in schema["topics"] if t not in missing["topics"]]
+    heads = [h for h in ("sentiment_score", "impact", "tickers", "topics") if h not in missing["heads"]]
+    first_use = (
+        f"; the first card after install also merges the adapter into a cached copy: {speed['card_first_use_seconds']:.1f} s"
+        if "card_first_use_seconds" in speed
+        else ""
+    )
     rows = "\n".join(f"| `{s['source']}` | {s['what']} | {s['licence']} |" for s in sources)
     return f"""# newsimpact packaged model `{recipe.name}`
 
@@ -198,12 +209,13 @@ def model_card(recipe: Recipe, result: dict[str, Any], sources: list[dict[str, s
 `newsimpact card model_dir={recipe.name} "..."`, `newsimpact evaluate model_dir={recipe.name} ...`.
 
 - Backbone: `{recipe.backbone}` (installed from PyPI with newsimpact; LoRA adapter and heads here)
-- Sentiment scale: {", ".join(schema["sentiment_labels"])}; topics: {", ".join(schema["topics"]) or "none"}
+- Sentiment scale: {", ".join(schema["sentiment_labels"])}; other heads trained: {", ".join(heads) or "none"};
+  topics: {", ".join(topics) or "none (the scorer emits no topic it was not trained on)"}
 - Size: {size / 1e6:.1f} MB in the package; max length {meta["max_length"]} tokens per chunk (longer
   articles are read in overlapping chunks)
 - Speed ({speed["machine"]}): {speed["docs_per_second"]:.0f} articles/s scoring the embedded sample's
   articles with `newsimpact score`; one `newsimpact card` from a cold start {speed["card_cold_start_seconds"]:.1f} s (best of
-  3; the first card after install also merges the adapter into a cached copy: {speed.get("card_first_use_seconds", float("nan")):.1f} s)
+  3{first_use})
 
 ## Use
 {use}
@@ -245,7 +257,7 @@ def package(recipe: Recipe, work: Path, result: dict[str, Any], speed: dict[str,
     target.mkdir(parents=True)
     for name in KEEP:
         if (export / name).is_file():
-            shutil.copy2(export / name, target / name)
+            shutil.copyfile(export / name, target / name)
     _rewrite_meta(target, recipe, run_info)
     meta = json.loads((target / "newsimpact.json").read_text())
     sources = _sources(run_info)
