@@ -45,10 +45,11 @@ MODEL_SIGNALS = ["sentiment_mean", "ticker_sentiment_mean", "impact_weighted_sen
 REFERENCE_SIGNALS = ["vader_mean", "lm_mean", "shuffled_control", "news_volume_z"]
 
 
+STOCKNET_SPLITS = ["train", "validation", "test"]  # --stocknet-splits: fewer for a slow model
+
+
 def prepare_stocknet(data: Path, work: Path) -> tuple[Path, Path, list[str]]:
-    test = pd.concat(
-        [pd.read_parquet(data / "stocknet" / f"{s}.parquet") for s in ("train", "validation", "test")]
-    )
+    test = pd.concat([pd.read_parquet(data / "stocknet" / f"{s}.parquet") for s in STOCKNET_SPLITS])
     records = pd.DataFrame(
         {
             "id": test["ticker"] + "-" + test["date"].astype(str),
@@ -57,7 +58,8 @@ def prepare_stocknet(data: Path, work: Path) -> tuple[Path, Path, list[str]]:
             "published_at": test["date"].astype(str),
         }
     )
-    path = work / "input.jsonl"
+    full = STOCKNET_SPLITS == ["train", "validation", "test"]
+    path = work / ("input.jsonl" if full else f"input-{'-'.join(STOCKNET_SPLITS)}.jsonl")
     records.to_json(path, orient="records", lines=True)
     return path, data / "stocknet" / "prices.parquet", ["date_only_session=same", "benchmark=equal_weighted"]
 
@@ -287,7 +289,11 @@ def main() -> None:
     parser.add_argument("--fresh", action="store_true", help="remove --work-dir first")
     parser.add_argument("--report", default="docs/bench_signals.json")
     parser.add_argument("--markdown", default="docs/BENCHMARKS.md", help="'' for none")
+    parser.add_argument(
+        "--stocknet-splits", default="train,validation,test", help="StockNet splits to score (all: 2014-2015)"
+    )
     args = parser.parse_args()
+    STOCKNET_SPLITS[:] = args.stocknet_splits.split(",")
     models = dict(m.split("=", 1) for m in args.model)
     data, work = Path(args.data_dir), ROOT / args.work_dir
     if args.fresh and work.exists():
