@@ -277,11 +277,43 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def merge(paths: list[str], report_path: str, markdown_path: str) -> None:
+    """One report (and table) from runs made one model at a time, in the order given."""
+    reports = [json.loads((ROOT / p).read_text()) for p in paths]
+    merged: dict[str, Any] = {"datasets": {}}
+    for report in reports:
+        for dataset, block in report["datasets"].items():
+            into = merged["datasets"].setdefault(dataset, {**block, "results": [], "inputs": {}})
+            for r in block["results"]:
+                into["results"].append(r)
+                into["inputs"][r["model"]] = block["input"]
+    merged["info"] = {
+        "machine": reports[0]["info"]["machine"],
+        "command": " ; ".join(r["info"]["command"] for r in reports),
+        "minutes": sum(r["info"]["minutes"] for r in reports),
+    }
+    (ROOT / report_path).write_text(json.dumps(merged, indent=2, allow_nan=True))
+    if markdown_path:
+        write_section(
+            ROOT / markdown_path,
+            markdown(merged),
+            (BEGIN, END),
+            "Signals on real archives (`scripts/bench_signals.py`)",
+        )
+    print(f"bench_signals: merged {len(reports)} reports into {report_path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", action="append", required=True, help="NAME=EXPORT_DIR (repeatable)")
+    parser.add_argument("--model", action="append", default=[], help="NAME=EXPORT_DIR (repeatable)")
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        default=[],
+        help="reports of earlier runs (one model each): merged into --report",
+    )
     parser.add_argument("--datasets", default="stocknet,fnspid")
     parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
     parser.add_argument("--work-dir", default="bench_runs/signals")
@@ -293,6 +325,11 @@ def main() -> None:
         "--stocknet-splits", default="train,validation,test", help="StockNet splits to score (all: 2014-2015)"
     )
     args = parser.parse_args()
+    if args.merge:
+        merge(args.merge, args.report, args.markdown)
+        return
+    if not args.model:
+        parser.error("give --model NAME=EXPORT_DIR (or --merge REPORT ...)")
     STOCKNET_SPLITS[:] = args.stocknet_splits.split(",")
     models = dict(m.split("=", 1) for m in args.model)
     data, work = Path(args.data_dir), ROOT / args.work_dir
