@@ -147,7 +147,9 @@ def _write_merged(folder: Path, target: Path, meta: Any) -> None:
     print(f"newsimpact card: first use of {folder}: caching a merged copy in {target}", file=sys.stderr)
     import warnings
 
-    warnings.filterwarnings("ignore", category=FutureWarning)  # the libraries' own deprecations, not the user's
+    warnings.filterwarnings(
+        "ignore", category=FutureWarning
+    )  # the libraries' own deprecations, not the user's
     model = load_trained(folder)
     backbone = model.backbone.merge_and_unload()
     with atomic_dir(target, replace=True) as tmp:

@@ -194,7 +194,9 @@ def event_study(
 
     ``returns`` holds every session of every ticker with ``ret_same`` (the abnormal return of that
     session, close(t-1) -> close(t)); CAR(k) sums those of sessions ``window[0]`` .. k relative to the
-    event, so a signal that predicts the next session's return shows as a step between 0 and +1. Events
+    event, so a signal that predicts the next session's return shows as a step between 0 and +1.
+    ``spread`` is the top group's CAR minus the bottom's at +1 and +5 (from ``window[0]``: it includes
+    the move the news reported); ``spread_after_news`` the same from the news session's close. Events
     whose window runs past the ticker's prices are left out.
     """
     lo, hi = window
@@ -240,6 +242,11 @@ def event_study(
     if top in names and bottom in names:
         diff = np.asarray(result["groups"][top]["car"]) - np.asarray(result["groups"][bottom]["car"])
         result["spread"] = {f"{k:+d}": float(diff[k - lo]) for k in (1, 5) if lo <= k <= hi}
+        # after the news session only: what a position taken at its close would have earned
+        if lo <= 0:
+            result["spread_after_news"] = {
+                f"{k:+d}": float(diff[k - lo] - diff[-lo]) for k in (1, 5) if k <= hi
+            }
         result["spread_groups"] = [top, bottom]
     return result
 

@@ -176,25 +176,41 @@ def _bp(x: Any) -> str:
     return "-" if x is None or (isinstance(x, float) and x != x) else f"{x * 1e4:+.1f}"
 
 
+def _after_news(study: dict[str, Any]) -> dict[str, float]:
+    """Top-minus-bottom CAR from the news session's close to +1 and +5 (for reports made before the
+    evaluation wrote it)."""
+    groups, rel = study.get("groups", {}), study.get("relative_sessions", [])
+    pair = study.get("spread_groups") or ["top third", "bottom third"]
+    if not all(g in groups for g in pair) or 0 not in rel:
+        return {}
+    top, bottom = (groups[g]["car"] for g in pair)
+    diff = [a - b for a, b in zip(top, bottom)]
+    zero = rel.index(0)
+    return {f"{k:+d}": diff[rel.index(k)] - diff[zero] for k in (1, 5) if k in rel}
+
+
 def table_pooled(results: list[dict[str, Any]]) -> list[str]:
     """Per model and signal, on the days the model never trained on: the pooled next-session coefficient
     with its date-clustered t (and two-way t), the event-study spread at +1 and +5, the daily IC."""
     lines = [
         "| model | signal | evaluated sessions | obs | pooled h=1 coef (bp/SD) | t | two-way t | h=5 coef (bp/SD) | t | "
-        "event spread +1 (bp) | +5 (bp) | daily IC h=1 (t) |",
+        "event spread +1 / +5 from -5 (bp) | after the news session: +1 / +5 (bp) | daily IC h=1 (t) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def row(model: str, ev: dict[str, Any], signal: str) -> str:
         p1, p5 = ev["pooled"]["1"][signal], ev["pooled"]["5"][signal]
-        spread = ev["event_study"][signal].get("spread", {})
+        study = ev["event_study"][signal]
+        spread = study.get("spread", {})
+        after = study.get("spread_after_news") or _after_news(study)
         trained = ev.get("training_days", {})
         window = f"{trained.get('evaluated_first', '?')} .. {trained.get('evaluated_last', '?')}"
         ic = ev["horizons"]["1"][signal]
         return (
             f"| {model} | `{signal}` | {window} | {p1['n_obs']} | {_bp(p1['coef'])} | {_f(p1['t'], 2)} | "
-            f"{_f(p1.get('t_two_way'), 2)} | {_bp(p5['coef'])} | {_f(p5['t'], 2)} | {_bp(spread.get('+1'))} | "
-            f"{_bp(spread.get('+5'))} | {_f(ic['mean_ic'], 4)} ({_f(ic['t_stat'], 2)}) |"
+            f"{_f(p1.get('t_two_way'), 2)} | {_bp(p5['coef'])} | {_f(p5['t'], 2)} | {_bp(spread.get('+1'))} / "
+            f"{_bp(spread.get('+5'))} | {_bp(after.get('+1'))} / {_bp(after.get('+5'))} | "
+            f"{_f(ic['mean_ic'], 4)} ({_f(ic['t_stat'], 2)}) |"
         )
 
     for r in results:
@@ -249,7 +265,9 @@ def markdown(report: dict[str, Any]) -> str:
                 "close(t+h) (equal-weighted benchmark of the 88 tickers) on the signal standardised over the "
                 "sample, t clustered by date (Newey-West lags h-1), two-way t also by ticker. Event spread: "
                 "the top signal tercile's cumulative abnormal return minus the bottom tercile's, from 5 "
-                "sessions before the news session. The reference rows (VADER, Loughran-McDonald, the "
+                "sessions before the news session (it includes the move the news reported), and from the news "
+                "session's close (what a position taken then would have earned). The reference rows (VADER, "
+                "Loughran-McDonald, the "
                 "shuffled control, news volume) are evaluated on the same days as the model above them.",
                 "",
                 *table_pooled(results),
