@@ -109,6 +109,7 @@ def test_every_data_config_composes_and_validates(name):
     validate_train_config(config)  # every split's files exist, every column and label maps
 
 
+@pytest.mark.slow  # a real process: the command as a user runs it
 @pytest.mark.parametrize("override", ["+peft.rnak=3", "peft.r=eight"])
 def test_cli_typo_stops_with_one_line(override, tmp_path):
     result = subprocess.run(

