@@ -154,6 +154,15 @@ def main(cfg: DictConfig) -> None:
     except RuntimeError as err:
         print(f"newsimpact: {err}", file=sys.stderr)
         raise SystemExit(1) from None
+    if _dist_env()[1] > 1:
+        # A torchrun worker whose job is done (manifest written, process group destroyed) leaves without
+        # the interpreter's teardown: destroying gloo's C++ state during it aborted a rank now and then
+        # ("terminate called without an active exception", SIGABRT after "_SUCCESS written"), turning a
+        # finished job into a failed launch.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 if __name__ == "__main__":
