@@ -756,7 +756,6 @@ class Scorer:
         return records
 
 
-SENTIMENT_AGGREGATIONS = ("mean", "stance", "first")
 PACKAGED_TICKER_MAPS = ("us_stocknet", "india_sentfin")
 
 

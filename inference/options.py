@@ -10,12 +10,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from inference.engine import (
-    PACKAGED_TICKER_MAPS,
-    SENTIMENT_AGGREGATIONS,
-)
+from inference.engine import PACKAGED_TICKER_MAPS
 from inference.readers import expand_inputs
 from training import model_meta
+from training.choices import (
+    Attention,
+    Backend,
+    ImpactAggregation,
+    Precision,
+    SentimentAggregation,
+    Verify,
+)
 from training.config import ConfigError, register_schema
 from training.modeling import META_FILE
 from training.packaged_models import model_dir_problem, resolve_model_dir
@@ -32,15 +37,15 @@ class OutputOptions:
     tickers_column: str = "tickers"  # used when an input row has it; else tickers are extracted
     keep_columns: list[str] = field(default_factory=list)
     unit_rows: int = 5000  # rows per work unit (approximate for byte ranges); fixes the job's plan
-    precision: str = "auto"  # auto (bf16 on GPUs and CPUs with native bf16, else fp32) | fp32 | bf16 | fp16
+    precision: Precision = Precision.auto  # auto: bf16 on GPUs and CPUs with native bf16, else fp32
     max_chunks: int = 16
     stride: int | None = None  # tokens of overlap between chunks; null: the model folder's setting
-    impact_aggregation: str = "max"  # max | mean
+    impact_aggregation: ImpactAggregation = ImpactAggregation.max
     # How the chunks of a long article combine into its sentiment and score: stance (length times the
     # chunk's non-neutral probability: boilerplate and balanced risk paragraphs count less), mean
     # (length-weighted: one polar sentence among neutral ones comes out neutral), first (the lede chunk).
     # docs/BENCHMARKS.md "Long articles": stance 0.60 accuracy over long documents, mean 0.35, first 0.55.
-    sentiment_aggregation: str = "stance"
+    sentiment_aggregation: SentimentAggregation = SentimentAggregation.stance
     topic_threshold: float = 0.5
     # company name -> ticker, e.g. inference.ticker_map={Alibaba: BABA}. Typed Any, checked in
     # validate_score_config: an override onto a typed dict node is a merge, which struct mode refuses for
@@ -69,12 +74,12 @@ class RayOptions:
 class RunOptions:
     """Options that change only speed or policy: a rerun may change them freely."""
 
-    backend: str = "local"  # local: this process (or torchrun ranks, or independent processes) | ray
+    backend: Backend = Backend.local  # local: this process (or torchrun ranks, or independent processes)
     window: int = 1024  # articles tokenized and length-sorted together
     batch_tokens: int | None = None  # padded tokens per forward pass; None: 4,096 on CPU, 16,384 on GPU
     max_batch_size: int = 256
     pad_to_multiple_of: int = 16  # batch lengths rounded up to this: few shapes keep CPU memory flat
-    attention: str = "auto"  # auto (bmm on CPU in bf16, else SDPA) | sdpa | bmm
+    attention: Attention = Attention.auto  # auto: bmm on CPU in bf16, else SDPA
     device: str = "auto"  # auto | cpu | cuda
     compile: bool = False  # torch.compile(dynamic=True), compiled in a warm-up before the job's timings
     # CPU threads per GPU worker (torch, tokenizer batch encoding); null: this host's cores / its workers
@@ -85,7 +90,7 @@ class RunOptions:
     keep_heap: bool = True  # CPU, glibc: large tensors from a heap that keeps freed memory (faster)
     max_error_rate: float | None = None
     # what a run checks of the units already done: size (each file's byte size, cheap) | full (SHA-256 too)
-    verify: str = "size"
+    verify: Verify = Verify.size
     overwrite: bool = False
     progress: bool = True
     claim_timeout_s: int = 300  # a claim on another host untouched this long is taken over
@@ -123,21 +128,6 @@ def validate_score_config(config: ScoreConfig) -> list[str]:
             f"input='{config.input}' matches no file; check the path or glob (quote it in the shell)"
         )
     opts = config.inference
-    if opts.precision not in ("auto", "fp32", "bf16", "fp16"):
-        problems.append(f"inference.precision='{opts.precision}' must be auto, fp32, bf16 or fp16")
-    if opts.verify not in ("size", "full"):
-        problems.append(f"inference.verify='{opts.verify}' must be size or full")
-    if opts.attention not in ("auto", "sdpa", "bmm"):
-        problems.append(f"inference.attention='{opts.attention}' must be auto, sdpa or bmm")
-    if opts.impact_aggregation not in ("max", "mean"):
-        problems.append(f"inference.impact_aggregation='{opts.impact_aggregation}' must be max or mean")
-    if opts.sentiment_aggregation not in SENTIMENT_AGGREGATIONS:
-        problems.append(
-            f"inference.sentiment_aggregation='{opts.sentiment_aggregation}' must be one of "
-            + ", ".join(SENTIMENT_AGGREGATIONS)
-        )
-    if opts.backend not in ("local", "ray"):
-        problems.append(f"inference.backend='{opts.backend}' must be local or ray")
     for key in (
         "unit_rows",
         "window",

@@ -33,6 +33,7 @@ from omegaconf import DictConfig
 
 from inference.signal_stats import EVENT_WINDOW, event_study, newey_west_t, pooled_regression
 from inference.signals_report import _as_list, _atomic_write, _f, evaluation_markdown, plots, write_report
+from training.choices import DateOnlySession, EventGroups, TrainingDays
 from training.config import ConfigError, entry_point, exit_on_config_error, load_validated, register_schema
 from training.markets import Benchmark, Calendar, PriceColumns, event_session, load_prices
 
@@ -61,7 +62,7 @@ class EvaluationOptions:
     bootstrap: int = 500
     # event study groups: terciles of the pooled signal | sign (negative / neutral / positive around
     # +-event_threshold, for sentiment scores in [-1, 1])
-    event_groups: str = "terciles"
+    event_groups: EventGroups = EventGroups.terciles
     event_threshold: float = 0.1
 
 
@@ -75,7 +76,7 @@ class SignalsConfig:
     timezone: str = "America/New_York"
     naive_timezone: str | None = None
     market_close: str = "16:00"
-    date_only_session: str = "same"  # same | next
+    date_only_session: DateOnlySession = DateOnlySession.same
     half_life: float = 3.0  # sessions, for sentiment_decayed
     volume_window: int = 20  # sessions of news counts behind news_volume_z
     baselines: list[str] = field(default_factory=list)  # vader, lm (extra `signals`)
@@ -87,7 +88,7 @@ class SignalsConfig:
     # Evaluation days the model trained or selected on (the scores' manifest.json: the model's
     # training_data date ranges, widened by the return and event windows): exclude them from the evaluation
     # (default), flag them in the report but keep them, or refuse to evaluate.
-    training_days: str = "exclude"
+    training_days: TrainingDays = TrainingDays.exclude
     top_articles: int = 12  # news cards in report.html
     seed: int = 0  # the shuffled control signal
 
@@ -107,13 +108,9 @@ def validate_signals_config(config: SignalsConfig) -> None:
         problems += [f"prices: '{p}' is not a file" for p in files if not Path(str(p)).is_file()]
     if config.benchmark not in ("equal_weighted", "none") and not Path(config.benchmark).is_file():
         problems.append(f"benchmark='{config.benchmark}' must be equal_weighted, none or an index price file")
-    if config.date_only_session not in ("same", "next"):
-        problems.append(f"date_only_session='{config.date_only_session}' must be same or next")
     unknown = [b for b in config.baselines if b not in BASELINES]
     if unknown:
         problems.append(f"baselines: {unknown} not among {list(BASELINES)}")
-    if config.training_days not in ("exclude", "flag", "refuse"):
-        problems.append(f"training_days='{config.training_days}' must be exclude, flag or refuse")
     if config.half_life <= 0:
         problems.append(f"half_life={config.half_life} must be > 0 sessions")
     ev = config.evaluation
@@ -121,8 +118,6 @@ def validate_signals_config(config: SignalsConfig) -> None:
         problems.append(f"evaluation.horizons={ev.horizons} must be sessions >= 1")
     if ev.quantiles < 2:
         problems.append(f"evaluation.quantiles={ev.quantiles} must be >= 2")
-    if ev.event_groups not in ("terciles", "sign"):
-        problems.append(f"evaluation.event_groups='{ev.event_groups}' must be terciles or sign")
     if ev.bootstrap < 0:
         problems.append(f"evaluation.bootstrap={ev.bootstrap} must be >= 0 draws")
     try:

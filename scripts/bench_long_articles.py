@@ -32,7 +32,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from bench_quality import machine, write_section  # noqa: E402
 
-from inference.engine import SENTIMENT_AGGREGATIONS, Article, Scorer, configure_process  # noqa: E402
+from inference.engine import Article, Scorer, configure_process  # noqa: E402
+from training.choices import SentimentAggregation  # noqa: E402
 
 BEGIN, END = "<!-- bench_long_articles:begin -->", "<!-- bench_long_articles:end -->"
 
@@ -116,7 +117,7 @@ def main() -> None:
     outputs = scorer.chunk_outputs(chunks)
     n_chunks = np.bincount([c.article for c in chunks], minlength=len(docs))
     preds = {}
-    for rule in SENTIMENT_AGGREGATIONS:
+    for rule in SentimentAggregation.values():
         scorer.sentiment_aggregation = rule
         preds[rule] = [r["sentiment_coarse"] for r in scorer._aggregate(articles, chunks, tickers, *outputs)]
     polar = sorted({d["polar"] for d in docs if "polar" in d})
@@ -128,7 +129,7 @@ def main() -> None:
         for k in sorted({d["k"] for d in docs}):
             sel = [i for i, d in enumerate(docs) if d["kind"] == kind and d["k"] == k]
             row = {"kind": kind, "k": k, "docs": len(sel), "chunks": float(n_chunks[sel].mean())}
-            for rule in SENTIMENT_AGGREGATIONS:
+            for rule in SentimentAggregation.values():
                 row[rule] = float(np.mean([preds[rule][i] == docs[i]["label"] for i in sel]))
             if kind != "neutral":
                 row["sentence alone"] = float(
@@ -137,7 +138,7 @@ def main() -> None:
             rows.append(row)
     true = [d["label"] for d in docs]
     overall = {rule: {"accuracy": float(np.mean([p == t for p, t in zip(preds[rule], true)])),
-                      "f1_macro": macro_f1(true, preds[rule])} for rule in SENTIMENT_AGGREGATIONS}  # fmt: skip
+                      "f1_macro": macro_f1(true, preds[rule])} for rule in SentimentAggregation.values()}  # fmt: skip
     info = {
         "command": "python scripts/bench_long_articles.py " + " ".join(sys.argv[1:]),
         "model_dir": args.model_dir,
@@ -160,7 +161,7 @@ def main() -> None:
 
 
 def markdown(report: dict) -> str:
-    rules = list(SENTIMENT_AGGREGATIONS)
+    rules = list(SentimentAggregation.values())
     info = report["info"]
     lines = [
         f"Made by `{info['command']}` ({info['documents']:,} documents, {info['chunks']:,} chunks, "

@@ -18,6 +18,18 @@ from typing import Any, TypeVar
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException, ValidationError
 
+from training.choices import (
+    CheckpointMode,
+    ClassWeights,
+    DataFormat,
+    Logger,
+    PeftMethod,
+    Pooling,
+    Precision,
+    SentimentLevel,
+    TopicPooling,
+    WeightDtype,
+)
 from training.errors import ConfigError  # noqa: F401  (re-exported: training.config.ConfigError)
 
 DEFAULT_SENTIMENT_LABELS = ["strongly negative", "negative", "neutral", "positive", "strongly positive"]
@@ -39,7 +51,6 @@ CANONICAL_COLUMNS = (
     "ticker_sentiment",
     "ticker_aliases",
 )
-DATA_FORMATS = ("json", "csv", "parquet", "hub")
 
 
 def _packaged_minilm_path() -> str:
@@ -112,17 +123,17 @@ class ModelConfig:
     # Replace every URL with this token before tokenizing (e.g. "http"); saved with the model, so
     # evaluation and scoring apply it too. null: text as is.
     replace_urls: str | None = None
-    pooling: str = "auto"  # auto | mean | cls | last (auto: mean for encoders, last token for decoders)
+    pooling: Pooling = Pooling.auto  # auto: mean for encoders, the last token for decoders
     # What the topic head reads: chunk (the pooled chunk state, like the other heads) or attention (each
     # topic pools the token states with its own attention weights, so a topic named in one sentence of a
     # chunk about something else still fires; training/modeling.py)
-    topic_pooling: str = "chunk"
+    topic_pooling: TopicPooling = TopicPooling.chunk
     head_dropout: float = 0.1
     # Dropout inside the backbone (hidden states and attention probabilities) while training. null: the
     # backbone's own rates (e.g. 0.1 for BERT models, as Hugging Face's Trainer trains them); a number sets
     # them all; 0: none (LoRA and head dropout still apply).
     backbone_dropout: float | None = None
-    dtype: str = "float32"  # weights of the frozen backbone: float32 | bfloat16 | float16
+    dtype: WeightDtype = WeightDtype.float32  # weights of the frozen backbone
     attn_implementation: str | None = None  # null: the library default (SDPA where supported)
     gradient_checkpointing: bool = False
     trust_remote_code: bool = False
@@ -130,7 +141,7 @@ class ModelConfig:
 
 @dataclass
 class PeftConfig:
-    method: str = "lora"  # lora | none (full fine-tuning)
+    method: PeftMethod = PeftMethod.lora  # none: full fine-tuning
     r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.05
@@ -166,14 +177,14 @@ class EntityTableConfig:
 @dataclass
 class SourceConfig:
     root: str = ""
-    format: str | None = None  # json | csv | parquet | hub; null: from the file extension
+    format: DataFormat | None = None  # null: from the file extension
     splits: dict[str, SplitConfig] = field(default_factory=dict)
     columns: dict[str, str] = field(default_factory=lambda: {"text": "text"})
     label_map: dict[str, str] = field(default_factory=dict)
     # What the sentiment labels mean on a scale finer than three classes. auto: coarse when every label of the
     # source names a coarse class (a three-class dataset: "positive" teaches positive-or-strongly-positive),
     # fine when it uses a label only the fine scale has (e.g. "strongly positive"); coarse | fine: say so.
-    sentiment_level: str = "auto"
+    sentiment_level: SentimentLevel = SentimentLevel.auto
     # Take the sentiment label from the sentiment_score column by schema.score_cuts where a row has a score
     # (FiQA's continuous scores teach the five levels); rows without a score keep their label.
     sentiment_from_score: bool = False
@@ -253,7 +264,7 @@ class LossConfig:
     tickers: float = 1.0
     # balanced: weight sentiment classes by inverse training frequency (helps macro-F1 on skewed sets);
     # sqrt_balanced: by its square root (a milder push towards the rare classes)
-    sentiment_class_weights: str | None = None
+    sentiment_class_weights: ClassWeights | None = None
     # cross-entropy label smoothing of the sentiment head (0 = off)
     sentiment_label_smoothing: float = 0.0
     # R-Drop: every training batch runs twice (different dropout masks) and this weight times the symmetric
@@ -292,7 +303,7 @@ class TrainerConfig:
 class CheckpointConfig:
     every_n_train_steps: int | None = 50
     monitor: str | None = None
-    mode: str = "max"
+    mode: CheckpointMode = CheckpointMode.max
     save_top_k: int = 1
 
 
@@ -313,7 +324,7 @@ class DistillConfig:
     heads: list[str] | None = None
     # the batch scorer's precision for the teacher pass; auto: bf16 on a GPU (the pass runs on this rank's
     # GPU), fp32 on the CPU (the recipes in docs/BENCHMARKS.md set bf16 on bf16 CPUs)
-    precision: str = "auto"
+    precision: Precision = Precision.auto
     cache_dir: str | None = (
         None  # where the teacher's part files are kept; null: NEWSIMPACT_CACHE_DIR/distill
     )
@@ -334,7 +345,7 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
-    loggers: list[str] = field(default_factory=lambda: ["csv"])
+    loggers: list[Logger] = field(default_factory=lambda: [Logger.csv])
 
 
 T = TypeVar("T")
@@ -367,6 +378,8 @@ def _describe_omegaconf_error(err: OmegaConfBaseException) -> str:
         return f"unknown config key '{key}'{known}; fix the spelling or remove it"
     if isinstance(err, ValidationError):
         detail = str(getattr(err, "msg", err)).splitlines()[0]
+        if "expected one of" in detail:  # a training.choices enum: the message lists the allowed values
+            return f"bad value for '{key}': {detail}"
         return f"bad value for '{key}': {detail}; give a value of the expected type"
     return f"config problem at '{key}': {str(getattr(err, 'msg', err)).splitlines()[0]}"
 
@@ -414,8 +427,6 @@ def _coarse_names(schema: SchemaConfig) -> list[str]:
 
 def _check_source(name: str, source: SourceConfig, schema: SchemaConfig, problems: list[str]) -> None:
     key = f"data.sources.{name}"
-    if source.format is not None and source.format not in DATA_FORMATS:
-        problems.append(f"{key}.format='{source.format}' is not one of {', '.join(DATA_FORMATS)}")
     if "text" not in source.columns:
         problems.append(f"{key}.columns has no 'text' entry; name the column that holds the article text")
     for canon in source.columns:
@@ -430,8 +441,6 @@ def _check_source(name: str, source: SourceConfig, schema: SchemaConfig, problem
                 f"{key}.label_map.{src_label}='{label}' is not on schema.sentiment_labels {schema.sentiment_labels} "
                 f"nor a coarse class {coarse}"
             )
-    if source.sentiment_level not in ("auto", "coarse", "fine"):
-        problems.append(f"{key}.sentiment_level='{source.sentiment_level}' must be auto, coarse or fine")
     if source.sentiment_from_score and "sentiment_score" not in source.columns:
         problems.append(
             f"{key}.sentiment_from_score needs a score: map one with {key}.columns.sentiment_score"
@@ -534,17 +543,9 @@ def validate_train_config(config: TrainConfig) -> None:
             f"model.pretrained_model_name_or_path='{model.pretrained_model_name_or_path}' is not a folder; "
             "give a local Hugging Face model folder or a hub id"
         )
-    if model.pooling not in ("auto", "mean", "cls", "last"):
-        problems.append(f"model.pooling='{model.pooling}' must be auto, mean, cls or last")
-    if model.topic_pooling not in ("chunk", "attention"):
-        problems.append(f"model.topic_pooling='{model.topic_pooling}' must be chunk or attention")
-    if model.dtype not in ("float32", "bfloat16", "float16"):
-        problems.append(f"model.dtype='{model.dtype}' must be float32, bfloat16 or float16")
     if model.max_length < 8:
         problems.append(f"model.max_length={model.max_length} is too small (>= 8)")
     peft = config.peft
-    if peft.method not in ("lora", "none"):
-        problems.append(f"peft.method='{peft.method}' must be lora or none")
     if peft.method == "lora" and peft.r <= 0:
         problems.append(f"peft.r={peft.r} must be a positive integer")
     if not 0.0 <= peft.lora_dropout < 1.0:
@@ -559,11 +560,6 @@ def validate_train_config(config: TrainConfig) -> None:
         problems.append(f"data.batch_size={config.data.batch_size} must be >= 1")
     if config.optim.ema_decay is not None and not 0.0 < config.optim.ema_decay < 1.0:
         problems.append(f"optim.ema_decay={config.optim.ema_decay} must be in (0, 1) or null")
-    if config.loss.sentiment_class_weights not in (None, "balanced", "sqrt_balanced"):
-        problems.append(
-            f"loss.sentiment_class_weights='{config.loss.sentiment_class_weights}' must be balanced, "
-            "sqrt_balanced or null"
-        )
     if not 0.0 <= config.loss.sentiment_label_smoothing < 1.0:
         problems.append(
             f"loss.sentiment_label_smoothing={config.loss.sentiment_label_smoothing} must be in [0, 1)"
@@ -579,9 +575,6 @@ def validate_train_config(config: TrainConfig) -> None:
         problems.append("optim.lr and optim.head_lr must be > 0")
     if not 0.0 <= config.optim.warmup_ratio < 1.0:
         problems.append(f"optim.warmup_ratio={config.optim.warmup_ratio} must be in [0, 1)")
-    for logger in config.loggers:
-        if logger not in ("csv", "tensorboard", "mlflow"):
-            problems.append(f"loggers: '{logger}' is not one of csv, tensorboard, mlflow")
     if config.trainer.max_steps <= 0 and config.trainer.max_epochs <= 0:
         problems.append("set trainer.max_steps or trainer.max_epochs to a positive number")
     problems.extend(trainer_problems(config))
@@ -616,8 +609,6 @@ def monitor_keys(schema: SchemaConfig) -> list[str]:
 def _check_monitor(config: TrainConfig, problems: list[str]) -> None:
     """A monitor no validation logs would stop the run at its first validation, after the work."""
     ckpt = config.checkpoint
-    if ckpt.mode not in ("max", "min"):
-        problems.append(f"checkpoint.mode='{ckpt.mode}' must be max or min")
     if ckpt.monitor is None:
         return
     keys = monitor_keys(config.schema)
@@ -693,8 +684,6 @@ def _check_distill(config: TrainConfig, problems: list[str]) -> None:
     for head in distill.heads or []:
         if head not in DISTILL_HEADS:
             problems.append(f"distill.heads: '{head}' is not one of {', '.join(DISTILL_HEADS)}")
-    if distill.precision not in ("auto", "fp32", "bf16", "fp16"):
-        problems.append(f"distill.precision='{distill.precision}' must be auto, fp32, bf16 or fp16")
 
 
 def entry_point(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:

@@ -24,6 +24,7 @@ from torchmetrics.functional import classification as tmc
 from tqdm.auto import tqdm
 
 from training import artifacts
+from training.choices import Precision
 from training.config import (
     ConfigError,
     DataConfig,
@@ -51,7 +52,7 @@ class EvaluateConfig:
     # rows by length first (less padding; the metrics do not depend on the order); batch_size is training's
     data: DataConfig = field(default_factory=DataConfig)
     device: str = "auto"  # auto: the first CUDA GPU when there is one, else the CPU | cpu | cuda | cuda:N
-    precision: str = "auto"  # auto: bf16 on a GPU, fp32 on the CPU (the figures in the docs) | fp32 | bf16
+    precision: Precision = Precision.auto  # auto: bf16 on a GPU, fp32 on the CPU (the figures in the docs)
 
 
 register_schema("evaluate_schema", EvaluateConfig)
@@ -61,8 +62,6 @@ def validate_evaluate_config(config: EvaluateConfig) -> None:
     from training.config import _check_source
 
     problems: list[str] = []
-    if config.precision not in ("auto", "fp32", "bf16", "fp16"):
-        problems.append(f"precision='{config.precision}' must be auto, fp32, bf16 or fp16")
     if config.device not in ("auto", "cpu") and not config.device.startswith("cuda"):
         problems.append(f"device='{config.device}' must be auto, cpu, cuda or cuda:N")
     elif config.device.startswith("cuda") and not torch.cuda.is_available():

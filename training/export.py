@@ -26,6 +26,7 @@ from omegaconf import DictConfig
 
 from training import model_meta
 from training.artifacts import atomic_dir
+from training.choices import ExportDtype, ExportFormat, Quantize
 from training.config import ConfigError, entry_point, exit_on_config_error, load_validated, register_schema
 from training.model_meta import default_stride
 from training.modeling import (
@@ -42,16 +43,15 @@ from training.modeling import (
 from training.records import HEAD_OUTPUTS, head_outputs, untrained
 
 log = logging.getLogger("newsimpact.export")
-FORMATS = ("merged", "adapter", "onnx")
 EXPORT_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
 @dataclass
 class ExportOptions:
-    format: str = "merged"
-    dtype: str = "fp32"  # fp32 | bf16 | fp16 (weights as saved; onnx is always exported in fp32)
+    format: ExportFormat = ExportFormat.merged
+    dtype: ExportDtype = ExportDtype.fp32  # weights as saved; onnx is always exported in fp32
     checkpoint: str = "final"  # final (run_dir/adapter) | best | last | path to a .ckpt of this run
-    quantize: str | None = None  # int8: also write a dynamically quantized ONNX model (format=onnx)
+    quantize: Quantize | None = None  # int8: also write a dynamically quantized ONNX model (format=onnx)
     opset: int = 17
 
 
@@ -74,12 +74,6 @@ def validate_export_config(config: ExportConfig) -> None:
             f"run_dir='{config.run_dir}' has no adapter/{META_FILE}; give the run_dir of a finished training run"
         )
     opts = config.export
-    if opts.format not in FORMATS:
-        problems.append(f"export.format='{opts.format}' must be one of {', '.join(FORMATS)}")
-    if opts.dtype not in EXPORT_DTYPES:
-        problems.append(f"export.dtype='{opts.dtype}' must be one of {', '.join(EXPORT_DTYPES)}")
-    if opts.quantize not in (None, "int8"):
-        problems.append(f"export.quantize='{opts.quantize}' must be int8 or null")
     if opts.quantize and opts.format != "onnx":
         problems.append("export.quantize=int8 needs export.format=onnx")
     if opts.checkpoint not in ("final", "best", "last") and not Path(opts.checkpoint).is_file():

@@ -38,6 +38,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from training import artifacts
+from training.choices import DateOnlySession, ScoreSign
 from training.config import ConfigError, entry_point, exit_on_config_error, load_validated, register_schema
 from training.markets import (  # noqa: F401  (Calendar, PriceColumns ... are also this module's API)
     Benchmark,
@@ -74,14 +75,14 @@ class ImpactLabelsConfig:
     timezone: str = "America/New_York"  # exchange time zone
     naive_timezone: str | None = None  # zone of timestamps without one; null: the exchange zone
     market_close: str = "16:00"
-    date_only_session: str = "same"  # same | next
+    date_only_session: DateOnlySession = DateOnlySession.same
     # sessions relative to the event session: the return from close(e+a-1) to close(e+b)
     window: list[int] = field(default_factory=lambda: [0, 1])
     beta_window: list[int] | None = None  # e.g. [-250, -20] sessions before the event
     exclude_self: bool = False  # equal-weighted benchmark without the stock itself
     calibration: str | None = None  # apply a saved calibration instead of building one from this data
     quantiles: int = 1001
-    sentiment_score: str | None = None  # signed: sign(abnormal return) * impact
+    sentiment_score: ScoreSign | None = None  # signed: sign(abnormal return) * impact
     errors: str | None = None  # default: <output stem>.errors.jsonl
     calibration_output: str | None = None  # default: <output stem>.calibration.json
 
@@ -101,8 +102,6 @@ def validate(config: ImpactLabelsConfig) -> None:
         problems.append(f"benchmark='{config.benchmark}' must be equal_weighted, none or an index price file")
     if config.calibration and not Path(config.calibration).is_file():
         problems.append(f"calibration='{config.calibration}' is not a file")
-    if config.date_only_session not in ("same", "next"):
-        problems.append(f"date_only_session='{config.date_only_session}' must be same or next")
     if len(config.window) != 2 or config.window[0] > config.window[1]:
         problems.append(
             f"window={config.window} must be [a, b] with a <= b (sessions from the event session)"
@@ -111,8 +110,6 @@ def validate(config: ImpactLabelsConfig) -> None:
         len(config.beta_window) != 2 or config.beta_window[1] >= min(config.window[0], 0)
     ):
         problems.append(f"beta_window={config.beta_window} must be [a, b] sessions before the event window")
-    if config.sentiment_score not in (None, "signed"):
-        problems.append(f"sentiment_score='{config.sentiment_score}' must be signed or null")
     if config.columns.ticker is None and not config.default_ticker:
         problems.append("columns.ticker is null: set default_ticker (the symbol every row is about)")
     try:

@@ -31,6 +31,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from training.choices import Precision
 from training.config import DistillConfig
 from training.distill import TEACHER_COLUMNS, teacher_heads
 from training.packaged_models import cache_dir
@@ -61,7 +62,7 @@ class Teacher:
 
         self.config = config
         # auto: bf16 where the teacher pass runs on a GPU (this rank's, inference.score.run), fp32 on a CPU
-        self.precision = config.precision
+        self.precision: str = str(config.precision)
         if self.precision == "auto":
             self.precision = (
                 "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
@@ -197,7 +198,7 @@ class Teacher:
             input=str(inputs),
             output_dir=str(out / "scored"),
             inference=InferenceOptions(
-                precision=self.precision,
+                precision=Precision(self.precision),
                 max_chunks=1,
                 unit_rows=20000,
                 topic_threshold=0.5,

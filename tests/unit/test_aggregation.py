@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
-from inference.engine import SENTIMENT_AGGREGATIONS, Scorer
-from inference.score import ScoreConfig, validate_score_config
-from training.config import ConfigError
+from inference.engine import Scorer
+from inference.score import ScoreConfig
+from training.choices import SentimentAggregation
+from training.config import ConfigError, load_config
 from training.scale import Scale
 
 SCALE = ["strongly negative", "negative", "neutral", "positive", "strongly positive"]
@@ -57,14 +58,19 @@ def test_neutral_chunks_stay_neutral_and_the_mean_is_length_weighted():
 
 def test_first_takes_the_lede_only_and_one_chunk_is_the_same_under_every_rule():
     assert _combined("first", [64, 64], [NEUTRAL, LEDE]) == pytest.approx(NEUTRAL)
-    for rule in SENTIMENT_AGGREGATIONS:
+    for rule in SentimentAggregation.values():
         assert _combined(rule, [30], [LEDE]) == pytest.approx(LEDE)
 
 
 def test_an_unknown_rule_is_a_config_error_naming_the_key():
-    config = ScoreConfig(model_dir="m", input="x.jsonl", output_dir="o")
-    config.inference.sentiment_aggregation = "median"
+    override = {
+        "model_dir": "m",
+        "input": "x.jsonl",
+        "output_dir": "o",
+        "inference": {"sentiment_aggregation": "median"},
+    }
     with pytest.raises(
-        ConfigError, match=r"inference.sentiment_aggregation='median' must be one of mean, stance"
+        ConfigError,
+        match=r"'inference.sentiment_aggregation': Invalid value 'median', expected one of \[stance, mean, first\]",
     ):
-        validate_score_config(config)
+        load_config(override, ScoreConfig)

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, SHARED_DATA, compose_train
-from training.config import ConfigError, TrainConfig, load_config, validate_train_config
+from training.config import ConfigError, TrainConfig, check_overrides, load_config, validate_train_config
 
 EXPERIMENTS = sorted(p.stem for p in (REPO / "configs" / "experiment").glob("*.yaml"))
 
@@ -25,19 +25,76 @@ def test_bad_type_names_the_key():
 
 
 def test_validation_collects_every_problem(tmp_path):
-    config = compose_train(
-        [
-            "peft.r=0",
-            "model.pooling=max",
-            "model.topic_pooling=max",
-            f"data.sources.sample.root={tmp_path}/nope",
-        ]
-    )
+    config = compose_train(["peft.r=0", "data.batch_size=0", f"data.sources.sample.root={tmp_path}/nope"])
     with pytest.raises(ConfigError) as err:
         validate_train_config(config)
     text = str(err.value)
-    assert "peft.r" in text and "model.pooling" in text and "data.sources.sample.root" in text
-    assert "model.topic_pooling='max' must be chunk or attention" in text
+    assert "peft.r" in text and "data.batch_size" in text and "data.sources.sample.root" in text
+
+
+def _choice_fields(schema, prefix=""):
+    """(dotted key, enum) of every training.choices field of a config dataclass, nested ones too."""
+    import dataclasses
+    import types
+    import typing
+
+    from training.choices import Choice
+
+    hints = typing.get_type_hints(schema)
+    for f in dataclasses.fields(schema):
+        kind = hints[f.name]
+        optional = typing.get_origin(kind) in (typing.Union, types.UnionType)
+        args = [a for a in typing.get_args(kind) if a is not type(None)] if optional else [kind]
+        for arg in args:
+            inner = typing.get_args(arg)[0] if typing.get_origin(arg) is list else arg
+            if isinstance(inner, type) and issubclass(inner, Choice):
+                yield f"{prefix}{f.name}", inner, typing.get_origin(arg) is list
+            elif dataclasses.is_dataclass(inner):
+                yield from _choice_fields(inner, f"{prefix}{f.name}.")
+
+
+def _schemas():
+    from inference.score import ScoreConfig
+    from inference.signals import SignalsConfig
+    from training.config import SourceConfig
+    from training.evaluate import EvaluateConfig
+    from training.export import ExportConfig
+    from training.impact_labels import ImpactLabelsConfig
+
+    return [
+        TrainConfig,
+        SourceConfig,
+        EvaluateConfig,
+        ExportConfig,
+        ScoreConfig,
+        SignalsConfig,
+        ImpactLabelsConfig,
+    ]
+
+
+@pytest.mark.parametrize("schema", _schemas(), ids=lambda s: s.__name__)
+def test_every_choice_is_checked_where_configs_merge(schema):
+    """A value outside a choice stops at the merge, naming the key and every allowed value; each allowed
+    value merges and comes back equal to its string."""
+    from omegaconf import OmegaConf
+
+    fields = list(_choice_fields(schema))
+    assert fields
+    for key, enum, is_list in fields:
+
+        def override(value, key=key, is_list=is_list):
+            cfg = OmegaConf.create({})
+            OmegaConf.update(cfg, key, [value] if is_list else value)
+            return cfg
+
+        with pytest.raises(ConfigError) as err:
+            load_config(OmegaConf.to_container(override("nonsense")), schema)
+        message = str(err.value)
+        assert f"'{key}" in message and f"[{', '.join(enum.values())}]" in message, message
+        for value in enum.values():
+            got = OmegaConf.select(OmegaConf.merge(OmegaConf.structured(schema), override(value)), key)
+            got = got[0] if is_list else got
+            assert got == value and f"{got}" == value and json.dumps(got) == json.dumps(value)
 
 
 def test_default_config_validates():
@@ -49,14 +106,18 @@ def test_resume_without_checkpoint_is_refused(tmp_path):
         validate_train_config(compose_train([f"run_dir={tmp_path}", "resume=true"]))
 
 
-def _experiment_text(name: str) -> str:
-    """An experiment's yaml and that of every experiment it builds on (``defaults: - fpb_mpnet``)."""
-    text = (REPO / "configs" / "experiment" / f"{name}.yaml").read_text()
-    parents = [
-        d for d in (yaml.safe_load(text).get("defaults") or []) if isinstance(d, str) and d not in ("_self_",)
-    ]
+def _experiment_text(name: str, group: str = "experiment") -> str:
+    """An experiment's yaml and that of every config it builds on: the experiments (``- fpb_mpnet``) and
+    recipes (``- /recipe: public``, and a recipe's own ``- public``) in its defaults."""
+    text = (REPO / "configs" / group / f"{name}.yaml").read_text()
+    parents = []
+    for entry in yaml.safe_load(text).get("defaults") or []:
+        if isinstance(entry, str) and entry != "_self_":
+            parents.append((group, entry))
+        elif isinstance(entry, dict) and "/recipe" in entry:
+            parents.append(("recipe", entry["/recipe"]))
     return text + "".join(
-        _experiment_text(p) for p in parents if (REPO / "configs" / "experiment" / f"{p}.yaml").exists()
+        _experiment_text(p, g) for g, p in parents if (REPO / "configs" / g / f"{p}.yaml").exists()
     )
 
 
@@ -169,8 +230,10 @@ def test_a_monitor_no_validation_logs_is_refused():
         validate_train_config(compose_train([*three, "checkpoint.monitor=val/sentiment_coarse_f1_macro"]))
     assert "checkpoint.monitor='val/sentiment_coarse_f1_macro' is never logged" in str(err.value)
     assert "val/sentiment_f1_macro" in str(err.value)  # what to pick instead
-    with pytest.raises(ConfigError, match="checkpoint.mode='maximum' must be max or min"):
-        validate_train_config(compose_train(["checkpoint.mode=maximum"]))
+    with pytest.raises(
+        ConfigError, match=r"'checkpoint.mode': Invalid value 'maximum', expected one of \[max, min\]"
+    ):
+        check_overrides("train", ["checkpoint.mode=maximum"])  # as the command checks its overrides
     validate_train_config(compose_train(["checkpoint.monitor=val/sentiment_coarse_f1_macro"]))  # five levels
     validate_train_config(compose_train([*three, "checkpoint.monitor=val/sentiment_f1_macro"]))
 
