@@ -187,14 +187,9 @@ def run(argv: Sequence[str], stdout: TextIO = sys.stdout, stdin: TextIO = sys.st
     if not os.path.isfile(os.path.join(model_dir, META_FILE)):
         print(f"newsimpact card: {model_dir_problem(args.model_dir)}", file=sys.stderr)
         return 2
-    from inference.engine import (
-        PACKAGED_TICKER_MAPS,
-        Article,
-        Scorer,
-        configure_process,
-        load_ticker_map,
-        resolve_precision,
-    )
+    from inference.engine import Scorer
+    from inference.prep import PACKAGED_TICKER_MAPS, Article, load_ticker_map
+    from inference.runner import configure_process, resolve_precision
 
     unknown = [n for n in args.ticker_names if n not in PACKAGED_TICKER_MAPS]
     if unknown:

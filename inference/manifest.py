@@ -17,11 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from inference import jobs
-from inference.engine import (
-    model_fingerprint,
-)
 from inference.options import OutputOptions, ScoreConfig
 from inference.readers import plan_units
+from inference.runner import model_fingerprint
 from inference.worker import _now
 from training import model_meta
 from training.config import ConfigError

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from inference.engine import PACKAGED_TICKER_MAPS
+from inference.prep import PACKAGED_TICKER_MAPS
 from inference.readers import expand_inputs
 from training import model_meta
 from training.choices import (

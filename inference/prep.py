@@ -3,7 +3,7 @@ model, in a background thread or in a pool of prep worker processes.
 
 One process cannot tokenize fast enough for a GPU: the Python around the tokenizer (chunking, ticker
 extraction and mention positions) holds the interpreter lock. ``inference.prep_workers`` processes (forked
-from a fork server, :func:`_context`) each hold a copy of the :class:`~inference.engine.Preparer` (the tokenizer and text options, sent once when
+from a fork server, :func:`_context`) each hold a copy of the :class:`Preparer` (the tokenizer and text options, sent once when
 the pool starts) and prepare whole windows; the scoring process keeps a bounded number of windows in
 flight (``prep_workers + 1``), consumes them in order and only batches, runs the model and writes. With
 ``prep_workers=0`` the windows are prepared in one background thread of the scoring process (the layout
@@ -12,15 +12,201 @@ before the pool, best where the model itself needs every core).
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import queue
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
-from typing import Any
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
 
-from inference.engine import Article, Prepared, Preparer
+import numpy as np
+
+from training.text import normalize
+from training.tickers import NameMatcher, extract_tickers, find_mentions, spans_to_tokens
+
+# A long article is cut to this many characters per allowed chunk before tokenizing, so one giant row
+# costs bounded time (generous: English averages ~4-5 characters per token).
+CHARS_PER_TOKEN_CAP = 12
+
+
+@dataclass
+class Article:
+    id: str
+    text: str
+    tickers: list[str] | None = None  # from the input column; None: extract from the text
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Chunk:
+    article: int  # index into the window's articles
+    input_ids: np.ndarray  # int32; arrays, not lists: a window holds thousands of chunks
+    entity_tokens: list[list[int]]  # per ticker of the article (empty list: not mentioned here)
+
+
+class Prepared(NamedTuple):
+    """A window of articles ready for the model: its chunks, each article's tickers, its token count."""
+
+    chunks: list[Chunk]
+    tickers: list[list[str]]
+    tokens: int
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Sent back from a prep process packed: every chunk's ids in one array, not thousands of small
+        # arrays each pickled on its own (that took 60 % as long as preparing the window).
+        lengths = np.fromiter((len(c.input_ids) for c in self.chunks), dtype=np.int64, count=len(self.chunks))
+        flat = np.concatenate([c.input_ids for c in self.chunks]) if self.chunks else np.zeros(0, np.int32)
+        owners = [c.article for c in self.chunks]
+        mentions = [c.entity_tokens for c in self.chunks]
+        return (_unpack_prepared, (flat, lengths, owners, mentions, self.tickers, self.tokens))
+
+
+def _unpack_prepared(
+    flat: np.ndarray,
+    lengths: np.ndarray,
+    owners: list[int],
+    mentions: list[list[list[int]]],
+    tickers: list[list[str]],
+    tokens: int,
+) -> Prepared:
+    ends = np.cumsum(lengths).tolist()
+    starts = [0, *ends[:-1]]
+    chunks = [Chunk(a, flat[s:e], m) for a, s, e, m in zip(owners, starts, ends, mentions)]
+    return Prepared(chunks, tickers, tokens)
+
+
+class Preparer:
+    """Everything before the model: text -> token chunks with ticker-mention positions.
+
+    Holds only the tokenizer and text options (picklable), so a pool of prep worker processes can run it
+    (inference/prep.py) while the device computes."""
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        max_length: int,
+        stride: int,
+        max_chunks: int,
+        replace_urls: str | None = None,
+        ticker_map: Mapping[str, str] | None = None,
+    ):
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.stride = stride
+        self.max_chunks = max_chunks
+        self.replace_urls = replace_urls
+        # A fast tokenizer's Rust core, called directly: the chunks transformers' batch call would return
+        # (the same truncation, stride and special tokens), without building its Python dicts of every
+        # field (~25 % of the call on the CPU box; docs/BENCHMARKS.md "Data path"). Our own copy, so
+        # setting its truncation changes nothing for other users of the tokenizer.
+        self.backend = None
+        if getattr(tokenizer, "is_fast", False):
+            from tokenizers import Tokenizer
+
+            backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+            backend.enable_truncation(
+                max_length, stride=stride, strategy="longest_first", direction=tokenizer.truncation_side
+            )
+            backend.no_padding()
+            self.backend = backend
+        self.names = NameMatcher(
+            dict(ticker_map or {})
+        )  # one pass over each text's words, whatever the map size
+        self.aliases: dict[str, list[str]] = {}
+        for name, ticker in (ticker_map or {}).items():
+            self.aliases.setdefault(ticker, []).append(name)
+
+    def __call__(self, articles: Sequence[tuple[str, list[str] | None]]) -> Prepared:
+        """(text, given tickers or None) pairs -> chunks (at most ``max_chunks`` per article), tickers
+        (given, else extracted: cashtags, exchange notations, names of the ticker map), tokens."""
+        cap = self.max_chunks * self.max_length * CHARS_PER_TOKEN_CAP
+        texts = [normalize(text[:cap], self.replace_urls) for text, _ in articles]
+        owners, ids_of, offsets_of = self._encode(texts)
+        tickers = [
+            given if given is not None else extract_tickers(text, self.names)
+            for (_, given), text in zip(articles, texts)
+        ]
+        spans = [
+            [find_mentions(text, t, self.aliases.get(t, ())) for t in ticks]
+            for text, ticks in zip(texts, tickers)
+        ]
+        chunks: list[Chunk] = []
+        per_article: dict[int, int] = {}
+        tokens = 0
+        for c, art in enumerate(owners):
+            if per_article.get(art, 0) >= self.max_chunks:
+                continue
+            per_article[art] = per_article.get(art, 0) + 1
+            entity_tokens: list[list[int]] = [[] for _ in spans[art]]
+            if any(spans[art]):  # only where a ticker is named, only the spans inside this chunk's text
+                offsets = offsets_of(c)
+                real = [o for o in (*offsets[:2], *offsets[-2:]) if o[1] > o[0]]  # specials: (0, 0)
+                lo, hi = (min(o[0] for o in real), max(o[1] for o in real)) if real else (0, 0)
+                array = None
+                for t, ticker_spans in enumerate(spans[art]):
+                    inside = [sp for sp in ticker_spans if sp[0] < hi and sp[1] > lo]
+                    if inside:
+                        array = np.asarray(offsets, dtype=np.int64) if array is None else array
+                        entity_tokens[t] = spans_to_tokens(array, inside)
+            ids = np.asarray(ids_of(c), dtype=np.int32)
+            chunks.append(Chunk(art, ids, entity_tokens))
+            tokens += len(ids)
+        return Prepared(chunks, tickers, tokens)
+
+    def _encode(self, texts: list[str]) -> tuple[list[int], Any, Any]:
+        """Every chunk's article index, and functions from a chunk's index to its ids and its offsets."""
+        if self.backend is not None:
+            chunks, owners = [], []
+            for art, encoding in enumerate(self.backend.encode_batch(texts, add_special_tokens=True)):
+                for piece in (encoding, *encoding.overflowing):  # transformers' order of overflowing chunks
+                    chunks.append(piece)
+                    owners.append(art)
+            return owners, lambda c: chunks[c].ids, lambda c: chunks[c].offsets
+        enc = self.tokenizer(
+            texts,
+            truncation=True,
+            max_length=self.max_length,
+            stride=self.stride,
+            return_overflowing_tokens=True,
+            return_offsets_mapping=True,
+        )
+        return (
+            list(enc["overflow_to_sample_mapping"]),
+            lambda c: enc["input_ids"][c],
+            lambda c: enc["offset_mapping"][c],
+        )
+
+
+PACKAGED_TICKER_MAPS = ("us_stocknet", "india_sentfin")
+
+
+def packaged_ticker_map(name: str) -> dict[str, str]:
+    """A company-name map that ships in the package (newsimpact/ticker_maps/, scripts/build_ticker_maps.py)."""
+    from training.packaged_models import ticker_map_text
+
+    if name not in PACKAGED_TICKER_MAPS:
+        raise ValueError(f"unknown ticker map '{name}'; packaged: {', '.join(PACKAGED_TICKER_MAPS)}")
+    text = ticker_map_text(name)
+    return dict(json.loads(text)["names"])
+
+
+def load_ticker_map(
+    path: str | None, inline: Mapping[str, str] | None, packaged: Sequence[str] = ()
+) -> dict[str, str]:
+    """Company-name → ticker map: packaged maps, then a JSON file ({"Alibaba": "BABA"}), then inline
+    entries (a later source wins for the same name)."""
+    mapping: dict[str, str] = {}
+    for name in packaged:
+        mapping.update(packaged_ticker_map(name))
+    if path:
+        mapping.update(json.loads(Path(path).read_text()))
+    mapping.update(inline or {})
+    return mapping
+
 
 _PREPARER: Preparer | None = None
 

@@ -23,8 +23,8 @@ from typing import Any
 import torch
 
 from inference import jobs
-from inference.engine import configure_process
 from inference.readers import Unit
+from inference.runner import configure_process
 from inference.worker import COUNT_KEYS
 from training.config import ConfigError
 
@@ -163,7 +163,7 @@ def _actor_device() -> str:
 
 def _actor_precision(requested: str) -> str:
     """``requested`` resolved on an actor's device (run as a Ray task with an actor's resources)."""
-    from inference.engine import resolve_precision
+    from inference.runner import resolve_precision
 
     return resolve_precision(requested, _actor_device())
 

@@ -25,9 +25,6 @@ import torch
 from omegaconf import DictConfig
 
 from inference import jobs
-from inference.engine import (
-    configure_process,
-)
 from inference.manifest import (  # noqa: F401  (re-exported: the scorer's API in one place)
     finish,
     job_identity,
@@ -43,6 +40,7 @@ from inference.options import (  # noqa: F401
     ScoreConfig,
     validate_score_config,
 )
+from inference.runner import configure_process
 from inference.worker import (  # noqa: F401
     LostClaim,
     PartWriter,

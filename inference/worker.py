@@ -25,15 +25,11 @@ import pyarrow.parquet as pq
 import torch
 
 from inference import jobs
-from inference.engine import (
-    Article,
-    Scorer,
-    load_ticker_map,
-    resolve_precision,
-)
+from inference.engine import Scorer
 from inference.options import InferenceOptions, ScoreConfig
-from inference.prep import PrepPool, default_prep_workers
+from inference.prep import Article, PrepPool, default_prep_workers, load_ticker_map
 from inference.readers import BadRow, Unit, read_unit
+from inference.runner import resolve_precision
 from training.config import ConfigError
 from training.records import record_schema
 

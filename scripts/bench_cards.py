@@ -23,7 +23,9 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from bench_quality import machine, write_section  # noqa: E402
 
-from inference.engine import Article, Scorer, configure_process  # noqa: E402
+from inference.engine import Scorer  # noqa: E402
+from inference.prep import Article  # noqa: E402
+from inference.runner import configure_process  # noqa: E402
 
 MARKERS = ("<!-- bench_cards:begin -->", "<!-- bench_cards:end -->")
 

@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 
 def _articles(corpus: Path) -> list:
-    from inference.engine import Article
+    from inference.prep import Article
 
     return [Article(r["id"], r["text"]) for r in map(json.loads, corpus.read_text().splitlines())]
 
@@ -136,7 +136,8 @@ def main() -> None:
 
     from bench_inference import machine, make_corpus, make_model
 
-    from inference.engine import Scorer, configure_process
+    from inference.engine import Scorer
+    from inference.runner import configure_process
 
     configure_process("cpu")
     with tempfile.TemporaryDirectory() as tmp:

@@ -32,7 +32,9 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from bench_quality import machine, write_section  # noqa: E402
 
-from inference.engine import Article, Scorer, configure_process  # noqa: E402
+from inference.engine import Scorer  # noqa: E402
+from inference.prep import Article  # noqa: E402
+from inference.runner import configure_process  # noqa: E402
 from training.choices import SentimentAggregation  # noqa: E402
 
 BEGIN, END = "<!-- bench_long_articles:begin -->", "<!-- bench_long_articles:end -->"

@@ -36,7 +36,9 @@ def main() -> None:
     from hydra import compose, initialize_config_dir
     from torchmetrics.functional.classification import multiclass_f1_score
 
-    from inference.engine import Article, Scorer, configure_process
+    from inference.engine import Scorer
+    from inference.prep import Article
+    from inference.runner import configure_process
     from training.config import SchemaConfig, TrainConfig, load_config
     from training.data import load_split, to_canonical
     from training.modeling import read_meta

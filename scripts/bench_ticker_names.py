@@ -95,7 +95,7 @@ def main() -> None:
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
     parser.add_argument("--sample", type=int, default=60)
     args = parser.parse_args()
-    from inference.engine import packaged_ticker_map
+    from inference.prep import packaged_ticker_map
     from training.tickers import NameMatcher
 
     data = Path(args.data)

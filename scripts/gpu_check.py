@@ -384,7 +384,7 @@ def _forward_rate(ctx: Ctx, model_dir: Path, rows: int, length: int, batches: in
     import torch
     from safetensors import safe_open
 
-    from inference.engine import Runner
+    from inference.runner import Runner
 
     device = "cpu" if ctx.cpu else "cuda:0"
     precision = "fp32" if ctx.cpu else "bf16"

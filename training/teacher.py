@@ -56,7 +56,7 @@ class Teacher:
     ):
         from safetensors import safe_open
 
-        from inference.engine import model_fingerprint
+        from inference.runner import model_fingerprint
         from training.config import ConfigError, teacher_dirs
         from training.modeling import HEADS_FILE, read_meta
 

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from inference.engine import Article, Chunk, Scorer, onnx_providers
+from inference.engine import Scorer
+from inference.prep import Article, Chunk
+from inference.runner import onnx_providers
 
 
 def _mixed_articles(n: int, seed: int = 0) -> list[Article]:
@@ -220,7 +222,7 @@ def test_prep_worker_processes_give_the_scores_of_the_background_thread(exported
 def test_the_tokenizer_core_chunks_as_the_transformers_call_does(backbone, request):
     """The preparer calls the fast tokenizer's Rust core directly: the same chunks (ids, article,
     mention tokens) as transformers' batch call with truncation, stride and overflowing tokens."""
-    from inference.engine import Preparer
+    from inference.prep import Preparer
     from training.modeling import load_tokenizer
 
     tokenizer = load_tokenizer(request.getfixturevalue(backbone))

@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from inference.engine import Article, Scorer
+from inference.engine import Scorer
+from inference.prep import Article
 from tests.conftest import REPO
 from training.config import ConfigError, load_config
 from training.export import ExportConfig, ExportOptions, run, validate_export_config

@@ -7,7 +7,8 @@ import shutil
 
 import pytest
 
-from inference.engine import Article, Scorer
+from inference.engine import Scorer
+from inference.prep import Article
 from tests.conftest import compose_train, tiny_overrides, write_jsonl
 from training.evaluate import EvaluateConfig
 from training.evaluate import run as evaluate

@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from inference.engine import Article, Scorer, configure_process
+from inference.engine import Scorer
+from inference.prep import Article
+from inference.runner import configure_process
 from tests.conftest import REPO, compose_train, tiny_overrides
 from training.export import ExportConfig, ExportOptions
 from training.export import run as export_run

@@ -176,7 +176,8 @@ def test_every_packaged_model_matches_its_hashes_loads_and_scores(name, tmp_path
 
 def test_card_merges_an_adapter_once_and_scores_the_same(fake_registry, tmp_path):
     """The card's cached merged copy: built on first use, reused after, the same outputs as the adapter."""
-    from inference.engine import Article, Scorer
+    from inference.engine import Scorer
+    from inference.prep import Article
 
     merged = Path(card.merged_copy(str(fake_registry)))
     assert merged.parent == tmp_path / "cache" / "merged" and (merged / "model.safetensors").is_file()

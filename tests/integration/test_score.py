@@ -6,7 +6,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from inference.engine import Article, Scorer
+from inference.engine import Scorer
+from inference.prep import Article
 from inference.score import InferenceOptions, ScoreConfig, run, validate_score_config
 from tests.conftest import write_jsonl
 from training.config import ConfigError
@@ -268,7 +269,7 @@ def test_model_url_normalisation_is_applied_when_scoring(exported, tmp_path):
 def _varied_articles(n):
     import random
 
-    from inference.engine import Article
+    from inference.prep import Article
 
     rng = random.Random(0)
     words = [
@@ -377,7 +378,7 @@ def test_every_inference_option_says_whether_it_changes_the_values():
 def test_precision_auto_resolves_to_what_this_machine_runs_natively(exported, tmp_path):
     import torch
 
-    from inference.engine import resolve_precision
+    from inference.runner import resolve_precision
 
     native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     assert resolve_precision("auto", "cpu") == ("bf16" if native else "fp32")
@@ -391,16 +392,16 @@ def test_precision_auto_resolves_to_what_this_machine_runs_natively(exported, tm
 def test_building_a_scorer_changes_no_process_state(exported, monkeypatch):
     import pyarrow as pa
 
-    from inference import attention, engine
+    from inference import attention, runner
 
     calls = []
     monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
-    monkeypatch.setattr(engine, "keep_heap_memory", lambda: calls.append("heap"))
+    monkeypatch.setattr(runner, "keep_heap_memory", lambda: calls.append("heap"))
     monkeypatch.setattr(attention, "register", lambda: calls.append("attention"))
     monkeypatch.setattr(pa, "set_memory_pool", lambda pool: calls.append("arrow"))
     Scorer(str(exported["merged"]), precision="bf16")
     assert calls == [] and "TOKENIZERS_PARALLELISM" not in os.environ
-    engine.configure_process("cpu")
+    runner.configure_process("cpu")
     assert calls == ["heap", "attention", "arrow"] and os.environ["TOKENIZERS_PARALLELISM"] == "false"
 
 

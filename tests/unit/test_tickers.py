@@ -56,7 +56,7 @@ def test_name_matcher_finds_whole_names_longest_first_in_one_pass():
 
 
 def test_packaged_ticker_maps_load_and_name_real_companies():
-    from inference.engine import PACKAGED_TICKER_MAPS, load_ticker_map
+    from inference.prep import PACKAGED_TICKER_MAPS, load_ticker_map
 
     for name in PACKAGED_TICKER_MAPS:
         assert len(load_ticker_map(None, None, [name])) > 100
