@@ -59,7 +59,7 @@ register_schema("evaluate_schema", EvaluateConfig)
 
 
 def validate_evaluate_config(config: EvaluateConfig) -> None:
-    from training.config import _check_source
+    from training.config_checks import check_source as _check_source
 
     problems: list[str] = []
     if config.device not in ("auto", "cpu") and not config.device.startswith("cuda"):

@@ -26,7 +26,8 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import Logger
 from pytorch_lightning.utilities import rank_zero_only
 
-from training.config import TrainConfig, entry_point, load_validated, validate_train_config
+from training.config import TrainConfig, entry_point, load_validated
+from training.config_checks import validate_train_config
 from training.data import impact_calibrations, training_data
 from training.modeling import FORMAT_VERSION, LabelSchema, build_model, load_tokenizer, save_trainable
 from training.module import NewsDataModule, NewsImpactModule

@@ -121,7 +121,8 @@ def test_student_trains_on_teacher_outputs_scored_once_and_cached(tiny_bert, exp
 
 
 def test_a_teacher_on_another_scale_is_refused(tiny_bert, exported, tmp_path):
-    from training.config import ConfigError, validate_train_config
+    from training.config import ConfigError
+    from training.config_checks import validate_train_config
 
     config = compose_train(
         tiny_overrides(tiny_bert, tmp_path / "r")
@@ -175,7 +176,8 @@ def test_hidden_states_are_scored_with_the_outputs_and_the_projection_is_not_exp
 
 
 def test_hidden_weight_is_checked_before_any_work(tiny_bert, exported, tmp_path):
-    from training.config import ConfigError, validate_train_config
+    from training.config import ConfigError
+    from training.config_checks import validate_train_config
 
     for teacher, value, message in (
         (exported["merged"], "-1", "distill.hidden_weight=-1.0 must be >= 0"),
@@ -255,7 +257,8 @@ def test_an_ensemble_of_teachers_averages_their_outputs_and_joins_their_states(t
 
 
 def test_a_teacher_list_is_checked_member_by_member(tiny_bert, exported, tmp_path):
-    from training.config import ConfigError, validate_train_config
+    from training.config import ConfigError
+    from training.config_checks import validate_train_config
 
     for teacher, message in (
         (

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from tests.conftest import compose_train, tiny_overrides
-from training.config import validate_train_config
+from training.config_checks import validate_train_config
 from training.train import run
 
 

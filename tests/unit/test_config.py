@@ -7,7 +7,8 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, SHARED_DATA, compose_train
-from training.config import ConfigError, TrainConfig, check_overrides, load_config, validate_train_config
+from training.config import ConfigError, TrainConfig, check_overrides, load_config
+from training.config_checks import validate_train_config
 
 EXPERIMENTS = sorted(p.stem for p in (REPO / "configs" / "experiment").glob("*.yaml"))
 
@@ -243,7 +244,8 @@ def test_every_validation_metric_is_a_monitor_key(labels):
     """The names HeadMetrics logs (with every head labelled) are exactly what validation accepts."""
     import torch
 
-    from training.config import SchemaConfig, monitor_keys
+    from training.config import SchemaConfig
+    from training.config_checks import monitor_keys
     from training.module import HeadMetrics
     from training.scale import Scale
 
@@ -278,7 +280,7 @@ def test_trainer_configs_that_cannot_run_here_stop_before_any_work(monkeypatch):
     import torch
 
     from tests.conftest import compose_train
-    from training.config import trainer_problems
+    from training.config_checks import trainer_problems
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert compose_train([]).trainer.accelerator == "auto"  # the default follows the machine

@@ -11,7 +11,8 @@ import pytest
 
 from tests.conftest import compose_train
 from training import derived
-from training.config import ConfigError, validate_train_config
+from training.config import ConfigError
+from training.config_checks import validate_train_config
 
 TWEETS = [
     "Nvidia raises full-year outlook as AI data center chips sell out",
