@@ -40,8 +40,8 @@ def main() -> None:
     from inference.prep import Article
     from inference.runner import configure_process
     from training.config import SchemaConfig, TrainConfig, load_config
-    from training.data import load_split, to_canonical
     from training.modeling import read_meta
+    from training.sources import load_split, to_canonical
 
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
         config = load_config(compose(config_name="train", overrides=[f"data={args.data}"]), TrainConfig)

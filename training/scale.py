@@ -176,7 +176,7 @@ class Scale:
 
     def expected_score(self, probs: np.ndarray) -> np.ndarray:
         """Probability-weighted mean of the labels' positions on [-1, 1] (evenly spaced, as
-        ``training.data.label_score``): the score of a model whose score head no row taught (a three-class
+        ``training.sources.label_score``): the score of a model whose score head no row taught (a three-class
         model's is p(positive) - p(negative))."""
         positions = np.linspace(-1.0, 1.0, len(self.labels))
         return np.asarray(probs, dtype=np.float64) @ positions

@@ -28,10 +28,11 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from training.config import TrainConfig, entry_point, load_validated
 from training.config_checks import validate_train_config
-from training.data import impact_calibrations, training_data
+from training.data import training_data
 from training.modeling import FORMAT_VERSION, LabelSchema, build_model, load_tokenizer, save_trainable
 from training.module import NewsDataModule, NewsImpactModule
 from training.scale import Scale
+from training.sources import impact_calibrations
 from training.teacher import Teacher
 
 log = logging.getLogger("newsimpact.train")

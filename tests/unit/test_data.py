@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from training.config import SchemaConfig, SourceConfig, SplitConfig
-from training.data import IGNORE_INDEX, Collator, _weighted, encode, label_score, load_split, to_canonical
+from training.data import IGNORE_INDEX, Collator, _weighted, encode
+from training.sources import label_score, load_split, to_canonical
 
 SCALE = ["strongly negative", "negative", "neutral", "positive", "strongly positive"]
 
@@ -214,7 +215,7 @@ def test_text_lines_gives_one_row_per_distinct_line(tmp_path):
 def test_impact_from_return_ranks_against_the_training_rows(tmp_path):
     import pandas as pd
 
-    from training.data import impact_calibration
+    from training.sources import impact_calibration
 
     pd.DataFrame(
         {"text": [f"t{i}" for i in range(11)], "ret": [i / 100 - 0.05 for i in range(11)]}
@@ -264,7 +265,7 @@ def test_entity_table_gives_the_ticker_and_every_name(tmp_path, tokenizer):
 
 def test_entity_table_errors_name_the_key(tmp_path):
     from training.config import EntityTableConfig
-    from training.data import load_entity_table
+    from training.sources import load_entity_table
 
     source = SourceConfig(root=str(tmp_path), entity_table=EntityTableConfig(path="e.jsonl", ticker="sym"))
     (tmp_path / "e.jsonl").write_text(json.dumps({"symbol": "X", "aliases": ["x"]}) + "\n")
@@ -288,7 +289,8 @@ def test_encoder_applies_url_replacement_before_finding_mentions(tokenizer):
 def test_a_source_labels_only_the_topics_it_can_say(tokenizer):
     """TFN-style topic classes teach nothing about a topic they have no class for (NaN: no loss, no metric);
     label_counts then show that topic untaught."""
-    from training.data import label_counts, topic_scope
+    from training.data import label_counts
+    from training.sources import topic_scope
 
     schema = SchemaConfig(sentiment_labels=SCALE, topics=["earnings", "m&a", "ai"])
     mapped = SourceConfig(
@@ -332,7 +334,7 @@ def test_weak_topic_rules():
 
 
 def test_sentiment_level_auto_reads_three_class_sources_as_coarse(tokenizer):
-    from training.data import sentiment_level
+    from training.sources import sentiment_level
 
     schema = SchemaConfig(sentiment_labels=SCALE, topics=[])
     source = SourceConfig(columns={"text": "t", "sentiment": "s"}, label_map={"Bullish": "positive"})

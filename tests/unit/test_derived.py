@@ -67,7 +67,7 @@ def test_weak_topics_build_on_first_use_and_load(fake_data, tmp_path):
     validate_train_config(config)
     assert not root.exists()
 
-    from training.data import load_split
+    from training.sources import load_split
 
     rows = load_split(source, source.splits["train"])
     assert (root / derived.DONE).is_file()
