@@ -1,5 +1,5 @@
 """Trading calendars, prices and market-relative returns: what impact labels (training/impact_labels.py),
-data sources with ``impact_from_return`` (training/data.py) and signals (inference/signals.py) share.
+data sources with ``impact_from_return`` (training/sources.py) and signals (inference/signals.py) share.
 
 - :func:`load_prices` reads a long price file (or one file per ticker) into a :class:`Calendar` per ticker.
 - :class:`Benchmark`: the market's daily return (an index file, or the equal-weighted mean of the tickers').
