@@ -21,7 +21,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,9 +30,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 from omegaconf import DictConfig
 
-from inference.signal_stats import EVENT_WINDOW, event_study, newey_west_t, pooled_regression
+from inference.signal_eval import EvaluationOptions, evaluate, forward_returns
+from inference.signal_stats import EVENT_WINDOW
 from inference.signals_report import _as_list, _atomic_write, _f, evaluation_markdown, plots, write_report
-from training.choices import DateOnlySession, EventGroups, TrainingDays
+from training.choices import DateOnlySession, TrainingDays
 from training.config import ConfigError, entry_point, exit_on_config_error, load_validated, register_schema
 from training.markets import Benchmark, Calendar, PriceColumns, event_session, load_prices
 
@@ -48,22 +48,6 @@ SIGNAL_COLUMNS = [
     "news_volume_z",
 ]
 BASELINES = ("vader", "lm")
-
-
-@dataclass
-class EvaluationOptions:
-    horizons: list[int] = field(default_factory=lambda: [1, 5])
-    quantiles: int = 5
-    cost_bps: float = 10.0
-    min_tickers: int = 5  # a session counts for the IC only with at least this many tickers
-    min_sessions: int = 20  # a ticker counts for the time-series IC only with this many news sessions
-    periods_per_year: int = 252
-    # pooled regression (inference/signal_stats.py): moving-block bootstrap draws over dates (0: none)
-    bootstrap: int = 500
-    # event study groups: terciles of the pooled signal | sign (negative / neutral / positive around
-    # +-event_threshold, for sentiment scores in [-1, 1])
-    event_groups: EventGroups = EventGroups.terciles
-    event_threshold: float = 0.1
 
 
 @dataclass
@@ -304,157 +288,106 @@ def build_signals(placed: pd.DataFrame, config: SignalsConfig, baselines: list[s
     return out[keep]
 
 
-# -- evaluation ------------------------------------------------------------------------------------------
-def forward_returns(calendars: dict[str, Calendar], bench: Benchmark, horizons: list[int]) -> pd.DataFrame:
-    """Per (ticker, session t): abnormal return close(t)->close(t+h) per h, and the same-session one."""
-    frames = []
-    for ticker, cal in calendars.items():
-        daily_b = np.concatenate([[np.nan], bench.daily_for(ticker, cal.dates[1:])])
-        growth_b = np.nancumsum(np.log1p(np.nan_to_num(daily_b)))  # log benchmark level
-        prices = cal.prices
-        frame = {"ticker": ticker, "session": pd.to_datetime(cal.dates).date}
-        same = np.full(len(prices), np.nan)
-        same[1:] = prices[1:] / prices[:-1] - 1.0 - np.nan_to_num(daily_b[1:])
-        frame["ret_same"] = same
-        for h in horizons:
-            fwd = np.full(len(prices), np.nan)
-            if len(prices) > h:
-                stock = prices[h:] / prices[:-h] - 1.0
-                market = np.exp(growth_b[h:] - growth_b[:-h]) - 1.0
-                fwd[:-h] = stock - market
-            frame[f"ret_{h}"] = fwd
-        frames.append(pd.DataFrame(frame))
-    return pd.concat(frames, ignore_index=True)
-
-
-def _ic_stats(ics: pd.Series) -> dict[str, Any]:
-    n = int(ics.count())
-    mean = float(ics.mean()) if n else float("nan")
-    std = float(ics.std(ddof=1)) if n > 1 else float("nan")
-    icir = mean / std if std and not math.isnan(std) and std > 0 else float("nan")
-    return {
-        "mean_ic": mean,
-        "ic_std": std,
-        "icir": icir,
-        "t_stat": icir * math.sqrt(n) if not math.isnan(icir) else float("nan"),
-        "hit_rate": float((ics > 0).mean()) if n else float("nan"),
-        "n_days": n,
-    }
-
-
-def _long_short(day: pd.DataFrame, signal: str, ret: str, q: int) -> tuple[float, set[str], set[str]]:
-    ranks = day[signal].rank(method="first")
-    bins = np.ceil(ranks / len(day) * q).clip(1, q)
-    long, short = day[bins == q], day[bins == 1]
-    return float(long[ret].mean() - short[ret].mean()), set(long["ticker"]), set(short["ticker"])
-
-
-def evaluate_signal(
-    data: pd.DataFrame, signal: str, ret: str, h: int, opts: EvaluationOptions
-) -> dict[str, Any]:
-    """Daily rank IC and quantile long-short of ``signal`` against ``ret`` (an h-session return)."""
-    rows = data.dropna(subset=[signal, ret])
-    ics, ls, turnovers, days = [], [], [], []
-    prev: tuple[set[str], set[str]] | None = None
-    for session, day in rows.groupby("session", sort=True):
-        if len(day) < opts.min_tickers or day[signal].nunique() < 2:
-            continue
-        ics.append(day[signal].rank().corr(day[ret].rank()))
-        days.append(session)
-        spread, long, short = _long_short(day, signal, ret, opts.quantiles)
-        ls.append(spread / h)  # per session, so horizons compare
-        if prev is not None:
-            change = 0.5 * (
-                len(long ^ prev[0]) / max(len(long), 1) + len(short ^ prev[1]) / max(len(short), 1)
-            )
-            turnovers.append(change)
-        else:
-            turnovers.append(1.0)
-        prev = (long, short)
-    stats = _ic_stats(pd.Series(ics, dtype=float))
-    ls_arr = np.asarray(ls, dtype=float)
-    turn = np.asarray(turnovers, dtype=float)
-    net = ls_arr - turn * opts.cost_bps / 1e4 / h
-    annual = math.sqrt(opts.periods_per_year)
-
-    def sharpe(x: np.ndarray) -> float:
-        return float(x.mean() / x.std(ddof=1) * annual) if len(x) > 1 and x.std(ddof=1) > 0 else float("nan")
-
-    stats.update(
-        n_tickers=int(rows["ticker"].nunique()),
-        long_short_mean=float(ls_arr.mean()) if len(ls_arr) else float("nan"),
-        long_short_sharpe=sharpe(ls_arr),
-        long_short_sharpe_net=sharpe(net),
-        turnover=float(turn.mean()) if len(turn) else float("nan"),
-        _daily={"session": [str(d) for d in days], "ic": ics, "long_short": ls},
-    )
-    return stats
-
-
-def _corr_t(r: float, n: int) -> float:
-    return r * math.sqrt((n - 2) / (1 - r**2)) if n > 2 and abs(r) < 1 else float("nan")
-
-
-def time_series_ic(data: pd.DataFrame, signal: str, ret: str, opts: EvaluationOptions) -> dict[str, Any]:
-    """Per ticker, the rank correlation over its news sessions of ``signal`` with ``ret``; then across tickers.
-
-    For archives of few names (a cross-section of under ``min_tickers`` has no daily IC): each ticker with
-    at least ``min_sessions`` sessions gives one IC with its own t (r * sqrt((n - 2) / (1 - r^2)));
-    ``t_stat`` is across tickers, or the single ticker's own.
-    """
-    rows = data.dropna(subset=[signal, ret])
-    per: dict[str, dict[str, Any]] = {}
-    for ticker, g in rows.groupby("ticker", sort=True):
-        if len(g) < opts.min_sessions or g[signal].nunique() < 2:
-            continue
-        r = float(g[signal].rank().corr(g[ret].rank()))
-        per[str(ticker)] = {"ic": r, "sessions": len(g), "t_stat": _corr_t(r, len(g))}
-    ics = np.asarray([v["ic"] for v in per.values()], dtype=float)
-    mean = float(ics.mean()) if len(ics) else float("nan")
-    if len(ics) > 1 and ics.std(ddof=1) > 0:
-        t = mean / ics.std(ddof=1) * math.sqrt(len(ics))
-    elif len(ics) == 1:
-        t = next(iter(per.values()))["t_stat"]
-    else:
-        t = float("nan")
-    n_obs = sum(v["sessions"] for v in per.values())
-    return {"mean_ic": mean, "t_stat": float(t), "n_tickers": len(ics), "n_obs": n_obs, "per_ticker": per}
-
-
-def evaluate(
-    signals: pd.DataFrame, returns: pd.DataFrame, columns: list[str], opts: EvaluationOptions, seed: int = 0
-) -> dict:
-    """Daily IC and long-short (per horizon and the same session), the per-ticker time-series IC, the
-    pooled regression with the long-short's Newey-West t (``pooled``), and the event study."""
-    data = signals.merge(returns, on=["ticker", "session"], how="inner")
-    result: dict[str, Any] = {"horizons": {}, "same_session": {}, "time_series": {}, "pooled": {}}
-    for h in opts.horizons:
-        ret = f"ret_{h}"
-        result["horizons"][str(h)] = {c: evaluate_signal(data, c, ret, h, opts) for c in columns}
-        result["time_series"][str(h)] = {c: time_series_ic(data, c, ret, opts) for c in columns}
-        pooled = {}
-        for c in columns:
-            fit = pooled_regression(data, c, ret, h, bootstrap=opts.bootstrap, seed=seed)
-            # the daily top-minus-bottom quantile spread (per session), its Newey-West t
-            daily = result["horizons"][str(h)][c]["_daily"]["long_short"]
-            lags = max(h - 1, int(4 * (len(daily) / 100) ** (2 / 9)))
-            fit["long_short"] = newey_west_t(np.asarray(daily, dtype=float), lags=lags)
-            pooled[c] = fit
-        result["pooled"][str(h)] = pooled
-    result["same_session"] = {c: evaluate_signal(data, c, "ret_same", 1, opts) for c in columns}
-    result["event_study"] = {
-        c: event_study(signals, returns, c, groups=opts.event_groups, threshold=opts.event_threshold)
-        for c in columns
-    }
-    return result
-
-
 # -- outputs ---------------------------------------------------------------------------------------------
 def _public(stats: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in stats.items() if not k.startswith("_")}
 
 
+def _training_days(
+    signals: pd.DataFrame, config: SignalsConfig, ahead: int, behind: int
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Apply ``training_days`` to the sessions the model trained or selected on (its scores' manifest),
+    widened by ``ahead`` / ``behind`` sessions: the signals to evaluate and what was found."""
+    ranges = trained_ranges(config.scores)
+    overlap = (
+        training_overlap(signals["session"], ranges, ahead, behind)
+        if ranges
+        else pd.Series(False, index=signals.index)
+    )
+    trained: dict[str, Any] = {
+        "policy": config.training_days,
+        "known": ranges is not None,
+        "ranges": ranges or [],
+        "overlapping_rows": int(overlap.sum()),
+        "overlapping_sessions": int(signals.loc[overlap, "session"].nunique()),
+    }
+    if overlap.any() and config.training_days == "refuse":
+        first, last = signals.loc[overlap, "session"].min(), signals.loc[overlap, "session"].max()
+        spans = ", ".join("{source}/{split} {first}..{last}".format(**r) for r in ranges or [])
+        raise ConfigError(
+            [
+                f"{trained['overlapping_sessions']} evaluation sessions ({first} .. {last}) overlap dates the "
+                f"model trained or selected on ({spans}); score an archive outside them, or pass "
+                "training_days=exclude (drop them) or flag"
+            ]
+        )
+    if config.training_days == "exclude":
+        signals = signals.loc[~overlap].reset_index(drop=True)
+    if len(signals):
+        trained["evaluated_first"] = str(signals["session"].min())
+        trained["evaluated_last"] = str(signals["session"].max())
+    return signals, trained
+
+
+def _evaluate_against_prices(
+    signals: pd.DataFrame, calendars: dict[str, Calendar], config: SignalsConfig, out: Path
+) -> tuple[dict[str, Any], str, dict[str, str]]:
+    """The evaluation (inference/signal_eval.py) on the days the model never trained on, beside a shuffled
+    control; writes evaluation.json / .md and the plots. Returns (public evaluation, markdown, images)."""
+    bench = Benchmark(config, calendars)
+    returns = forward_returns(calendars, bench, config.evaluation.horizons)
+    columns = SIGNAL_COLUMNS + [f"{b}_mean" for b in config.baselines]
+    ahead = max(max(config.evaluation.horizons), EVENT_WINDOW[1])
+    signals, trained = _training_days(signals, config, ahead, -EVENT_WINDOW[0])
+    rng = np.random.default_rng(config.seed)
+    # Noise level: the model's mean sentiment shuffled across tickers within each session.
+    signals["shuffled_control"] = signals.groupby("session")["sentiment_mean"].transform(
+        lambda s: rng.permutation(s.to_numpy())
+    )
+    ev = evaluate(signals, returns, columns + ["shuffled_control"], config.evaluation, config.seed)
+    ev["training_days"] = trained
+    images = plots(ev, out)
+    public = {
+        "horizons": {h: {c: _public(s) for c, s in t.items()} for h, t in ev["horizons"].items()},
+        "same_session": {c: _public(s) for c, s in ev["same_session"].items()},
+        "time_series": ev["time_series"],
+        "pooled": ev["pooled"],
+        "event_study": ev["event_study"],
+        "training_days": trained,
+        "benchmark": bench.description,
+        "options": asdict(config.evaluation),
+    }
+    _atomic_write(out / "evaluation.json", json.dumps(public, indent=2, allow_nan=True))
+    markdown = evaluation_markdown(ev)
+    _atomic_write(out / "evaluation.md", markdown)
+    return public, markdown, images
+
+
+def _print_summary(summary: dict[str, Any], errors: list[dict[str, Any]], out: Path) -> None:
+    counts = summary["counts"]
+    print(f"newsimpact signals: {counts['articles']:,} articles -> {counts['signal rows (ticker, session)']:,} "
+          f"(ticker, session) rows over {counts['tickers']:,} tickers; {len(errors):,} rows not placed")  # fmt: skip
+    reasons = pd.Series([str(e["reason"]).split(" '")[0] for e in errors]).value_counts() if errors else {}
+    for reason, n in dict(reasons).items():
+        print(f"  {n:>7,}  {reason}")
+    evaluation = summary.get("evaluation")
+    if evaluation is not None:
+        first = next(iter(evaluation["horizons"]))
+        pooled = evaluation["pooled"][first]
+        for name, s in evaluation["horizons"][first].items():
+            p = pooled[name]
+            print(
+                f"  h={first} {name:<28} mean IC {_f(s['mean_ic'], 4)}  t {_f(s['t_stat'], 2)}  days {s['n_days']}"
+                f"  | pooled {_f(p['coef'] * 1e4, 1)} bp/SD  t {_f(p['t'], 2)}  obs {p['n_obs']}"
+            )
+    print(
+        f"  outputs: {out}/signals.parquet, errors.jsonl, report.html"
+        + (", evaluation.json/.md, *.png" if evaluation is not None else "")
+    )
+
+
 def run(config: SignalsConfig) -> dict[str, Any]:
+    """Scores -> signals.parquet (+ errors.jsonl); with prices, the evaluation; then report.html."""
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     table = read_scores(config)
@@ -466,95 +399,23 @@ def run(config: SignalsConfig) -> dict[str, Any]:
     signals.to_parquet(out / "signals.parquet.tmp", index=False)
     (out / "signals.parquet.tmp").replace(out / "signals.parquet")
     _atomic_write(out / "errors.jsonl", "".join(json.dumps(e, default=str) + "\n" for e in errors))
-    counts = {
-        "articles": len(table),
-        "article-ticker rows placed": len(placed),
-        "rows not placed (errors.jsonl)": len(errors),
-        "signal rows (ticker, session)": len(signals),
-        "tickers": int(signals["ticker"].nunique()) if len(signals) else 0,
-    }
     summary: dict[str, Any] = {
-        "counts": counts,
+        "counts": {
+            "articles": len(table),
+            "article-ticker rows placed": len(placed),
+            "rows not placed (errors.jsonl)": len(errors),
+            "signal rows (ticker, session)": len(signals),
+            "tickers": int(signals["ticker"].nunique()) if len(signals) else 0,
+        },
         "made_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "config": asdict(config),
     }
-    ev_md, images = None, {}
+    markdown: str | None = None
+    images: dict[str, str] = {}
     if calendars is not None:
-        bench = Benchmark(config, calendars)
-        returns = forward_returns(calendars, bench, config.evaluation.horizons)
-        columns = SIGNAL_COLUMNS + [f"{b}_mean" for b in config.baselines]
-        ranges = trained_ranges(config.scores)
-        ahead = max(max(config.evaluation.horizons), EVENT_WINDOW[1])
-        overlap = (
-            training_overlap(signals["session"], ranges, ahead, -EVENT_WINDOW[0])
-            if ranges
-            else pd.Series(False, index=signals.index)
-        )
-        trained = {
-            "policy": config.training_days,
-            "known": ranges is not None,
-            "ranges": ranges or [],
-            "overlapping_rows": int(overlap.sum()),
-            "overlapping_sessions": int(signals.loc[overlap, "session"].nunique()),
-        }
-        if overlap.any() and config.training_days == "refuse":
-            first, last = signals.loc[overlap, "session"].min(), signals.loc[overlap, "session"].max()
-            spans = ", ".join("{source}/{split} {first}..{last}".format(**r) for r in ranges or [])
-            raise ConfigError(
-                [
-                    f"{trained['overlapping_sessions']} evaluation sessions ({first} .. {last}) overlap dates the "
-                    f"model trained or selected on ({spans}); score an archive outside them, or pass "
-                    "training_days=exclude (drop them) or flag"
-                ]
-            )
-        if config.training_days == "exclude":
-            signals = signals.loc[~overlap].reset_index(drop=True)
-        if len(signals):
-            trained["evaluated_first"], trained["evaluated_last"] = (
-                str(signals["session"].min()),
-                str(signals["session"].max()),
-            )
-        rng = np.random.default_rng(config.seed)
-        # Noise level: the model's mean sentiment shuffled across tickers within each session.
-        signals["shuffled_control"] = signals.groupby("session")["sentiment_mean"].transform(
-            lambda s: rng.permutation(s.to_numpy())
-        )
-        ev = evaluate(signals, returns, columns + ["shuffled_control"], config.evaluation, config.seed)
-        ev["training_days"] = trained
-        images = plots(ev, out)
-        public = {
-            "horizons": {h: {c: _public(s) for c, s in t.items()} for h, t in ev["horizons"].items()},
-            "same_session": {c: _public(s) for c, s in ev["same_session"].items()},
-            "time_series": ev["time_series"],
-            "pooled": ev["pooled"],
-            "event_study": ev["event_study"],
-            "training_days": trained,
-            "benchmark": bench.description,
-            "options": asdict(config.evaluation),
-        }
-        _atomic_write(out / "evaluation.json", json.dumps(public, indent=2, allow_nan=True))
-        ev_md = evaluation_markdown(ev)
-        _atomic_write(out / "evaluation.md", ev_md)
-        summary["evaluation"] = public
-    report = write_report(out, table, summary, ev_md, images, config)
-    print(f"newsimpact signals: {counts['articles']:,} articles -> {counts['signal rows (ticker, session)']:,} "
-          f"(ticker, session) rows over {counts['tickers']:,} tickers; {len(errors):,} rows not placed")  # fmt: skip
-    reasons = pd.Series([str(e["reason"]).split(" '")[0] for e in errors]).value_counts() if errors else {}
-    for reason, n in dict(reasons).items():
-        print(f"  {n:>7,}  {reason}")
-    if ev_md is not None:
-        first = next(iter(summary["evaluation"]["horizons"]))
-        pooled = summary["evaluation"]["pooled"][first]
-        for name, s in summary["evaluation"]["horizons"][first].items():
-            p = pooled[name]
-            print(
-                f"  h={first} {name:<28} mean IC {_f(s['mean_ic'], 4)}  t {_f(s['t_stat'], 2)}  days {s['n_days']}"
-                f"  | pooled {_f(p['coef'] * 1e4, 1)} bp/SD  t {_f(p['t'], 2)}  obs {p['n_obs']}"
-            )
-    print(
-        f"  outputs: {out}/signals.parquet, errors.jsonl, report.html"
-        + (", evaluation.json/.md, *.png" if ev_md else "")
-    )
+        summary["evaluation"], markdown, images = _evaluate_against_prices(signals, calendars, config, out)
+    report = write_report(out, table, summary, markdown, images, config)
+    _print_summary(summary, errors, out)
     summary["report"] = str(report)
     return summary
 
