@@ -154,29 +154,34 @@ def label_row(
     }
 
 
-def run(config: ImpactLabelsConfig) -> dict[str, Any]:
-    news = _read_table(config.news)
+def _row_error(number: int, ticker: Any, reason: str, record: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "row": number,
+        "ticker": None if ticker is None else str(ticker),
+        "reason": reason,
+        "record": {k: str(v)[:300] for k, v in record.items()},
+    }
+
+
+def _label_rows(
+    news: pd.DataFrame, calendars: dict[str, Calendar], bench: Benchmark, config: ImpactLabelsConfig
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """One labelled row per (article, ticker), and one error per row that cannot be labelled (its reason)."""
     cols = config.columns
-    needed = [c for c in (cols.text, cols.timestamp, cols.ticker, cols.id) if c]
-    missing = [c for c in needed if c not in news.columns]
-    if missing:
-        raise ConfigError([f"columns: {missing} not in {config.news} (columns: {list(news.columns)})"])
-    calendars = load_prices(config)
-    bench = Benchmark(config, calendars)
     rows, errors = [], []
     for number, record in enumerate(news.to_dict("records")):
         raw = record[cols.ticker] if cols.ticker else config.default_ticker
         tickers = list(raw) if isinstance(raw, list | np.ndarray) else [raw]
         text = record.get(cols.text)
         for ticker in tickers:
-            reason = None
+            result: dict[str, Any] | str
             if not isinstance(text, str) or not text.strip():
-                reason = "missing or blank text"
+                result = "missing or blank text"
             elif ticker is None or (isinstance(ticker, float) and math.isnan(ticker)):
-                reason = "missing ticker"
+                result = "missing ticker"
             elif str(ticker) not in calendars:
-                reason = f"unknown ticker '{ticker}' (not in the price data)"
-            if reason is None:
+                result = f"unknown ticker '{ticker}' (not in the price data)"
+            else:
                 cal = calendars[str(ticker)]
                 session = event_session(record[cols.timestamp], cal, config)
                 result = (
@@ -184,24 +189,19 @@ def run(config: ImpactLabelsConfig) -> dict[str, Any]:
                     if isinstance(session, str)
                     else label_row(str(ticker), session, cal, bench, config)
                 )
-                if isinstance(result, str):
-                    reason = result
-            if reason is not None:
-                errors.append(
-                    {
-                        "row": number,
-                        "ticker": None if ticker is None else str(ticker),
-                        "reason": reason,
-                        "record": {k: str(v)[:300] for k, v in record.items()},
-                    }
-                )
+            if isinstance(result, str):
+                errors.append(_row_error(number, ticker, result, record))
                 continue
-            assert isinstance(result, dict)
             result.update(text=text, timestamp=str(record[cols.timestamp]), row=number)
             if cols.id:
                 result["id"] = record[cols.id]
             rows.append(result)
-    out = pd.DataFrame(rows)
+    return rows, errors
+
+
+def _with_labels(out: pd.DataFrame, config: ImpactLabelsConfig, bench: Benchmark) -> dict[str, Any]:
+    """Add impact (and, with ``sentiment_score=signed``, signed scores) to ``out`` in place; returns the
+    calibration used (the given file's, else one built from these rows)."""
     abs_ar = out["abnormal_return"].abs().to_numpy() if len(out) else np.array([])
     if config.calibration:
         calibration = json.loads(Path(config.calibration).read_text())
@@ -213,21 +213,31 @@ def run(config: ImpactLabelsConfig) -> dict[str, Any]:
         calibration = build_calibration(abs_ar, config.quantiles)
         calibration.update(window=config.window, benchmark=bench.description, beta_window=config.beta_window)
     if len(out):
+        signed_scores = config.sentiment_score == "signed"
         out["impact"] = apply_calibration(abs_ar, calibration)
         signed = np.sign(out["abnormal_return"]) * out["impact"]
-        out["sentiment_score"] = signed if config.sentiment_score == "signed" else np.nan
+        out["sentiment_score"] = signed if signed_scores else np.nan
         out["sentiment"] = None
         out["topics"] = None
         out["entities"] = [
-            [
-                {
-                    "ticker": t,
-                    "sentiment_score": (float(s) if config.sentiment_score == "signed" else None),
-                    "aliases": [],
-                }
-            ]
+            [{"ticker": t, "sentiment_score": float(s) if signed_scores else None, "aliases": []}]
             for t, s in zip(out["ticker"], signed)
         ]
+    return dict(calibration)
+
+
+def run(config: ImpactLabelsConfig) -> dict[str, Any]:
+    news = _read_table(config.news)
+    cols = config.columns
+    needed = [c for c in (cols.text, cols.timestamp, cols.ticker, cols.id) if c]
+    missing = [c for c in needed if c not in news.columns]
+    if missing:
+        raise ConfigError([f"columns: {missing} not in {config.news} (columns: {list(news.columns)})"])
+    calendars = load_prices(config)
+    bench = Benchmark(config, calendars)
+    rows, errors = _label_rows(news, calendars, bench, config)
+    out = pd.DataFrame(rows)
+    calibration = _with_labels(out, config, bench)
     output = Path(config.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     with artifacts.atomic_file(output) as tmp:

@@ -19,7 +19,7 @@ import time
 import warnings
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
@@ -264,13 +264,34 @@ def write_run_json(run_dir: Path, payload: dict[str, Any]) -> None:
     tmp.replace(run_dir / "run.json")
 
 
-def run(config: TrainConfig, run_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """Train from a validated config; returns the contents of ``run.json``."""
-    run_path = Path(run_dir)
-    run_path.mkdir(parents=True, exist_ok=True)
-    if not config.resume and (run_path / "metrics.csv").exists():
-        (run_path / "metrics.csv").unlink()  # a fresh run in an old folder starts a fresh log
-    pl.seed_everything(config.seed, workers=True)
+# What a run's adapter/newsimpact.json carries of run.json (training/model_meta.py, the folder's contract)
+ADAPTER_META_KEYS = (
+    "format_version",
+    "base_model",
+    "schema",
+    "max_length",
+    "replace_urls",
+    "pooling",
+    "topic_pooling",
+    "head_dropout",
+    "peft",
+    "config_hash",
+    "impact_calibration",
+    "label_counts",
+    "training_data",
+)
+
+
+class _Parts(NamedTuple):
+    tokenizer: Any
+    schema: LabelSchema
+    datamodule: NewsDataModule
+    model: Any
+    module: NewsImpactModule
+
+
+def _assemble(config: TrainConfig) -> _Parts:
+    """The tokenizer, label schema, datamodule, model and Lightning module a run trains."""
     scale = Scale.of(config.schema).to_dict()  # saved resolved: the model folder says its bands itself
     schema = LabelSchema(
         list(config.schema.sentiment_labels),
@@ -279,21 +300,19 @@ def run(config: TrainConfig, run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         scale["score_cuts"],
     )
     tokenizer = load_tokenizer(config.model.pretrained_model_name_or_path, config.model.trust_remote_code)
-    # impact_from_return sources: the |return| -> impact rank table travels with the model (run.json,
-    # adapter/ and every export), so evaluation and users map impact the way training did.
-    calibrations = impact_calibrations(config.data)
-    learned_from = training_data(config.data)  # sources, splits and their date ranges (newsimpact.json)
     teacher = (
         Teacher(config.distill, config.schema.topics, schema.sentiment_labels, list(scale["coarse_labels"]))
         if config.distill.teacher
         else None
     )
+    # impact_from_return sources: the |return| -> impact rank table travels with the model (run.json,
+    # adapter/ and every export), so evaluation and users map impact the way training did.
     datamodule = NewsDataModule(
         config.data,
         config.schema,
         tokenizer,
         config.model.max_length,
-        calibrations,
+        impact_calibrations(config.data),
         config.model.replace_urls,
         teacher,
         seed=config.seed,
@@ -309,77 +328,75 @@ def run(config: TrainConfig, run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         teacher_width=teacher.width if teacher is not None else None,
         class_weight_power=powers.get(config.loss.sentiment_class_weights or ""),
     )
-    trainer = build_trainer(config, run_path, model)
+    return _Parts(tokenizer, schema, datamodule, model, module)
 
-    info: dict[str, Any] = {
+
+def _started_info(config: TrainConfig, parts: _Parts) -> dict[str, Any]:
+    return {
         "format_version": FORMAT_VERSION,
         "name": config.name,
         "status": "running",
         "base_model": config.model.pretrained_model_name_or_path,
-        "schema": schema.to_dict(),
+        "schema": parts.schema.to_dict(),
         "max_length": config.model.max_length,
         "replace_urls": config.model.replace_urls,
-        "pooling": model.pooling,
-        "topic_pooling": model.topic_pooling,
+        "pooling": parts.model.pooling,
+        "topic_pooling": parts.model.topic_pooling,
         "head_dropout": config.model.head_dropout,
         "peft": asdict(config.peft),
         "config": asdict(config),
         "config_hash": config_hash(config),
-        "impact_calibration": calibrations,
-        "training_data": learned_from,
+        "impact_calibration": parts.datamodule.calibrations,
+        "training_data": training_data(config.data),  # sources, splits and their date ranges
         "git_revision": git_revision(),
         "started_at": dt.datetime.now(dt.timezone.utc).isoformat(),
     }
+
+
+def _finished_info(
+    trainer: pl.Trainer, parts: _Parts, config: TrainConfig, seconds: float, resumed_from: str | None
+) -> dict[str, Any]:
+    module, model = parts.module, parts.model
+    throughput = next(cb for cb in trainer.callbacks if isinstance(cb, Throughput))  # type: ignore[attr-defined]
+    return {
+        "status": "finished",
+        "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "train_seconds": round(seconds, 1),
+        "global_step": trainer.global_step,
+        "epochs": trainer.current_epoch,
+        "metrics": {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1},
+        "val_metrics": module.last_val_metrics,
+        "num_trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "resumed_from": resumed_from,
+        "best_checkpoint": _best_checkpoint(trainer),
+        "best_score": _best_score(trainer, module, config),
+        "val_history": module.val_history,
+        "train_rows": module.train_rows,
+        "label_counts": module.label_counts,
+        "throughput": throughput.figures(config.data.batch_size * config.trainer.accumulate_grad_batches),
+    }
+
+
+def run(config: TrainConfig, run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Train from a validated config; returns the contents of ``run.json``."""
+    run_path = Path(run_dir)
+    run_path.mkdir(parents=True, exist_ok=True)
+    if not config.resume and (run_path / "metrics.csv").exists():
+        (run_path / "metrics.csv").unlink()  # a fresh run in an old folder starts a fresh log
+    pl.seed_everything(config.seed, workers=True)
+    parts = _assemble(config)
+    trainer = build_trainer(config, run_path, parts.model)
+    info = _started_info(config, parts)
     if trainer.is_global_zero:
         write_run_json(run_path, info)
-    last = run_path / "checkpoints" / "last.ckpt"
-    ckpt_path = str(last) if config.resume else None
+    ckpt_path = str(run_path / "checkpoints" / "last.ckpt") if config.resume else None
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    info.update(
-        status="finished",
-        finished_at=dt.datetime.now(dt.timezone.utc).isoformat(),
-        train_seconds=round(time.perf_counter() - start, 1),
-        global_step=trainer.global_step,
-        epochs=trainer.current_epoch,
-        metrics={k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1},
-        val_metrics=module.last_val_metrics,
-        num_trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
-        resumed_from=ckpt_path,
-        best_checkpoint=_best_checkpoint(trainer),
-        best_score=_best_score(trainer, module, config),
-        val_history=module.val_history,
-        train_rows=module.train_rows,
-        label_counts=module.label_counts,
-        throughput=next(cb for cb in trainer.callbacks if isinstance(cb, Throughput)).figures(  # type: ignore[attr-defined]
-            config.data.batch_size * config.trainer.accumulate_grad_batches
-        ),
-    )
+    trainer.fit(parts.module, datamodule=parts.datamodule, ckpt_path=ckpt_path)
+    info.update(_finished_info(trainer, parts, config, time.perf_counter() - start, ckpt_path))
     with full_parameters(trainer):
         if trainer.is_global_zero:
-            save_trainable(
-                model,
-                run_path / "adapter",
-                {
-                    k: info[k]
-                    for k in (
-                        "format_version",
-                        "base_model",
-                        "schema",
-                        "max_length",
-                        "replace_urls",
-                        "pooling",
-                        "topic_pooling",
-                        "head_dropout",
-                        "peft",
-                        "config_hash",
-                        "impact_calibration",
-                        "label_counts",
-                        "training_data",
-                    )
-                },
-            )
-            tokenizer.save_pretrained(run_path / "adapter")
+            save_trainable(parts.model, run_path / "adapter", {k: info[k] for k in ADAPTER_META_KEYS})
+            parts.tokenizer.save_pretrained(run_path / "adapter")
             write_run_json(run_path, info)
             log.info(
                 "run finished: %s (step %d, %.0fs)", run_path, trainer.global_step, info["train_seconds"]
