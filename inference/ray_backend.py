@@ -23,9 +23,9 @@ from typing import Any
 import torch
 
 from inference import jobs
+from inference.parts import COUNT_KEYS
 from inference.readers import Unit
 from inference.runner import configure_process
-from inference.worker import COUNT_KEYS
 from training.config import ConfigError
 
 log = logging.getLogger("newsimpact.score")
@@ -36,7 +36,8 @@ class UnitScorer:
     """A Ray Data actor: loads the model once, then scores the units it is handed."""
 
     def __init__(self, config: Any, job: dict[str, Any], precision: str, threads: int):
-        from inference.worker import Progress, build_scorer, new_worker_record
+        from inference.parts import Progress
+        from inference.worker import build_scorer, new_worker_record
 
         self.config, self.job = config, job
         self.out = Path(config.output_dir)

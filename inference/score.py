@@ -40,11 +40,10 @@ from inference.options import (  # noqa: F401
     ScoreConfig,
     validate_score_config,
 )
+from inference.parts import PartWriter, Progress  # noqa: F401  (re-exported: inference.score.*)
 from inference.runner import configure_process
 from inference.worker import (  # noqa: F401
     LostClaim,
-    PartWriter,
-    Progress,
     _device,
     build_scorer,
     new_worker_record,

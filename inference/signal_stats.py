@@ -180,6 +180,31 @@ def signal_groups(values: pd.Series, how: str = "terciles", threshold: float = 0
     )
 
 
+def _event_windows(
+    events: pd.DataFrame, returns: pd.DataFrame, window: tuple[int, int]
+) -> tuple[np.ndarray, list[int]]:
+    """Each event's abnormal returns over ``window`` (rows: events kept; columns: relative sessions) and
+    the positions of the events kept (those whose whole window has returns)."""
+    lo, hi = window
+    position = {}
+    for ticker, g in returns.sort_values("session").groupby("ticker", sort=False):
+        position[ticker] = (dict(zip(g["session"], range(len(g)))), g["ret_same"].to_numpy(dtype=float))
+    ars, keep = [], []
+    for i, (ticker, session) in enumerate(zip(events["ticker"], events["session"])):
+        found = position.get(ticker)
+        if found is None or session not in found[0]:
+            continue
+        p = found[0][session]
+        if p + lo < 1 or p + hi >= len(found[1]):  # the first session has no return
+            continue
+        window_ar = found[1][p + lo : p + hi + 1]
+        if np.isnan(window_ar).any():
+            continue
+        ars.append(window_ar)
+        keep.append(i)
+    return (np.vstack(ars) if ars else np.zeros((0, hi - lo + 1))), keep
+
+
 def event_study(
     signals: pd.DataFrame,
     returns: pd.DataFrame,
@@ -200,30 +225,14 @@ def event_study(
     whose window runs past the ticker's prices are left out.
     """
     lo, hi = window
-    rel = np.arange(lo, hi + 1)
     events = signals.dropna(subset=[signal])[["ticker", "session", signal]]
-    ars, keep = [], []
-    position = {}
-    for ticker, g in returns.sort_values("session").groupby("ticker", sort=False):
-        position[ticker] = (dict(zip(g["session"], range(len(g)))), g["ret_same"].to_numpy(dtype=float))
-    for i, (ticker, session) in enumerate(zip(events["ticker"], events["session"])):
-        found = position.get(ticker)
-        if found is None or session not in found[0]:
-            continue
-        p = found[0][session]
-        if p + lo < 1 or p + hi >= len(found[1]):  # the first session has no return
-            continue
-        window_ar = found[1][p + lo : p + hi + 1]
-        if np.isnan(window_ar).any():
-            continue
-        ars.append(window_ar)
-        keep.append(i)
-    result: dict[str, Any] = {"relative_sessions": rel.tolist(), "grouping": groups, "groups": {}}
+    ars, keep = _event_windows(events, returns, window)
+    result: dict[str, Any] = {"relative_sessions": list(range(lo, hi + 1)), "grouping": groups, "groups": {}}
     if not keep:
         result["n_events"] = 0
         return result
     kept = events.iloc[keep].reset_index(drop=True)
-    car = np.cumsum(np.vstack(ars), axis=1)
+    car = np.cumsum(ars, axis=1)
     labels = signal_groups(kept[signal], groups, threshold).to_numpy()
     dates = kept["session"].to_numpy()
     result["n_events"] = len(kept)

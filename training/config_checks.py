@@ -201,7 +201,7 @@ def validate_train_config(config: TrainConfig) -> None:
 
 
 def monitor_keys(schema: SchemaConfig) -> list[str]:
-    """Every metric a run can select its checkpoint on (``val/`` + training.module.HeadMetrics' names): the
+    """Every metric a run can select its checkpoint on (``val/`` + training.metrics.HeadMetrics' names): the
     three-class ``sentiment_coarse_*`` only on a scale finer than its projection, topics only with topics."""
     from training.scale import Scale
 

@@ -34,8 +34,8 @@ from training.config import (
     register_schema,
 )
 from training.data import Collator, build_splits
+from training.metrics import HeadMetrics
 from training.modeling import META_FILE, NewsImpactModel, load_tokenizer, load_trained, read_meta
-from training.module import HeadMetrics
 from training.packaged_models import model_dir_problem, resolve_model_dir
 from training.records import head_outputs, untrained
 from training.scale import Scale
@@ -293,7 +293,53 @@ def _save(fig: Any, path: Path) -> None:
         fig.savefig(tmp, dpi=120, format="png")
 
 
+def _confusion_plot(
+    plt: Any, probs: torch.Tensor, target: torch.Tensor, labels: list[str], path: Path
+) -> None:
+    cm = tmc.multiclass_confusion_matrix(probs, target, len(labels)).numpy()
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            ax.text(
+                j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=8,
+                color="white" if cm[i, j] > cm.max() / 2 else "black",
+            )  # fmt: skip
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("sentiment confusion matrix")
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def _reliability_plot(plt: Any, probs: torch.Tensor, target: torch.Tensor, path: Path) -> None:
+    conf, hit = probs.max(-1).values, (probs.argmax(-1) == target).float()
+    edges = torch.linspace(0, 1, 11)
+    centers, accs, counts = [], [], []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        sel = (conf > lo) & (conf <= hi)
+        if sel.any():
+            centers.append(float(conf[sel].mean()))
+            accs.append(float(hit[sel].mean()))
+            counts.append(int(sel.sum()))
+    ece = sum(c * abs(a - m) for m, a, c in zip(centers, accs, counts)) / max(1, sum(counts))
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [0, 1], "--", color="grey")
+    ax.plot(centers, accs, "o-")
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"reliability (ECE {ece:.3f})")
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
 def plot(pred: dict[str, torch.Tensor], labels: list[str], out: Path) -> list[str]:
+    """The confusion matrix and reliability diagram of the sentiment head, and true-vs-predicted scatters
+    of the score and impact heads, as PNGs in ``out``; returns the file names written."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -303,45 +349,9 @@ def plot(pred: dict[str, torch.Tensor], labels: list[str], out: Path) -> list[st
     valid = pred["sentiment_id"] != -100
     if valid.any():
         probs, target = pred["sentiment_probs"][valid], pred["sentiment_id"][valid]
-        cm = tmc.multiclass_confusion_matrix(probs, target, len(labels)).numpy()
-        fig, ax = plt.subplots(figsize=(5, 4.5))
-        ax.imshow(cm, cmap="Blues")
-        ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
-        ax.set_yticks(range(len(labels)), labels)
-        for i in range(len(labels)):
-            for j in range(len(labels)):
-                ax.text(
-                    j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=8,
-                    color="white" if cm[i, j] > cm.max() / 2 else "black",
-                )  # fmt: skip
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        ax.set_title("sentiment confusion matrix")
-        fig.tight_layout()
-        _save(fig, out / "confusion_matrix.png")
-        plt.close(fig)
-        written.append("confusion_matrix.png")
-
-        conf, hit = probs.max(-1).values, (probs.argmax(-1) == target).float()
-        edges = torch.linspace(0, 1, 11)
-        centers, accs, counts = [], [], []
-        for lo, hi in zip(edges[:-1], edges[1:]):
-            sel = (conf > lo) & (conf <= hi)
-            if sel.any():
-                centers.append(float(conf[sel].mean()))
-                accs.append(float(hit[sel].mean()))
-                counts.append(int(sel.sum()))
-        ece = sum(c * abs(a - m) for m, a, c in zip(centers, accs, counts)) / max(1, sum(counts))
-        fig, ax = plt.subplots(figsize=(4.5, 4.5))
-        ax.plot([0, 1], [0, 1], "--", color="grey")
-        ax.plot(centers, accs, "o-")
-        ax.set_xlabel("confidence")
-        ax.set_ylabel("accuracy")
-        ax.set_title(f"reliability (ECE {ece:.3f})")
-        fig.tight_layout()
-        _save(fig, out / "reliability.png")
-        plt.close(fig)
-        written.append("reliability.png")
+        _confusion_plot(plt, probs, target, labels, out / "confusion_matrix.png")
+        _reliability_plot(plt, probs, target, out / "reliability.png")
+        written += ["confusion_matrix.png", "reliability.png"]
     for head, p_key, t_key in (
         ("sentiment_score", "sentiment_score_pred", "sentiment_score"),
         ("impact", "impact_pred", "impact"),

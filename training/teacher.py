@@ -82,6 +82,26 @@ class Teacher:
                     "distill.heads=[sentiment,...]"
                 ]
             )
+        self._check_scales(metas, labels, coarse)
+        self.fingerprints = [model_fingerprint(d) for d in self.model_dirs]
+        self.root = Path(config.cache_dir) if config.cache_dir else cache_dir() / "distill"
+        self.topics = list(topics)  # the student's; a teacher topic of another name is no target
+        self.hidden = config.hidden_weight > 0  # the teacher's pooled states are targets too
+        # Each member's pooled width (the input width of its sentiment head); an ensemble's pooled state is
+        # the members' unit-length states side by side.
+        self.widths: list[int] = []
+        for folder in self.model_dirs:
+            with safe_open(str(Path(folder) / HEADS_FILE), framework="pt") as heads:
+                self.widths.append(int(heads.get_slice("sentiment.weight").get_shape()[1]))
+        self.width = sum(self.widths)
+
+    def _check_scales(
+        self, metas: list[dict[str, Any]], labels: Sequence[str] | None, coarse: Sequence[str]
+    ) -> None:
+        """A teacher that teaches sentiment must speak the student's scale (or its coarse classes), and
+        the members of an ensemble one scale."""
+        from training.config import ConfigError
+
         for folder, meta in zip(self.model_dirs, metas, strict=True):
             teacher_labels = list(meta["schema"]["sentiment_labels"])
             if (
@@ -103,17 +123,6 @@ class Teacher:
                     "distributions cannot be averaged; use teachers of one scale"
                 ]
             )
-        self.fingerprints = [model_fingerprint(d) for d in self.model_dirs]
-        self.root = Path(config.cache_dir) if config.cache_dir else cache_dir() / "distill"
-        self.topics = list(topics)  # the student's; a teacher topic of another name is no target
-        self.hidden = config.hidden_weight > 0  # the teacher's pooled states are targets too
-        # Each member's pooled width (the input width of its sentiment head); an ensemble's pooled state is
-        # the members' unit-length states side by side.
-        self.widths: list[int] = []
-        for folder in self.model_dirs:
-            with safe_open(str(Path(folder) / HEADS_FILE), framework="pt") as heads:
-                self.widths.append(int(heads.get_slice("sentiment.weight").get_shape()[1]))
-        self.width = sum(self.widths)
 
     def folder(self, texts: Sequence[str], member: int = 0) -> Path:
         digest = hashlib.sha256()

@@ -179,7 +179,7 @@ def test_class_weights_come_from_the_set_up_data_module_and_run_json_has_through
     set up (so DDP ranks read rank 0's datasets cache instead of all building it before the Trainer
     exists); run.json records the device and steady step rate."""
     import training.train as train_module
-    from training.modeling import balanced_class_weights
+    from training.losses import balanced_class_weights
 
     seen = []
 

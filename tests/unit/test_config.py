@@ -246,7 +246,7 @@ def test_every_validation_metric_is_a_monitor_key(labels):
 
     from training.config import SchemaConfig
     from training.config_checks import monitor_keys
-    from training.module import HeadMetrics
+    from training.metrics import HeadMetrics
     from training.scale import Scale
 
     schema = SchemaConfig(**({"sentiment_labels": labels} if labels else {}))

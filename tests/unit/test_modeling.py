@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from training.config import LossConfig, ModelConfig, PeftConfig
-from training.modeling import LabelSchema, build_model, compute_losses, load_tokenizer, pool
+from training.losses import compute_losses
+from training.modeling import LabelSchema, build_model, load_tokenizer, pool
 
 SCHEMA = LabelSchema(["negative", "neutral", "positive"], ["earnings", "m&a", "ai"])
 
@@ -135,7 +136,7 @@ def _sentiment_only_batch(labels):
 
 
 def test_class_weights_and_label_smoothing_reach_the_sentiment_loss():
-    from training.modeling import balanced_class_weights
+    from training.losses import balanced_class_weights
 
     labels = torch.tensor([0, 1, 1, 1, 1, 1, 1, 2, 2, -100])  # 1 : 6 : 2, one unlabelled row
     full = balanced_class_weights(labels, 3)
@@ -205,7 +206,7 @@ def test_rdrop_adds_the_symmetric_kl_of_two_dropout_passes(tiny_bert):
     import warnings
 
     from training.config import OptimConfig
-    from training.modeling import symmetric_kl
+    from training.losses import symmetric_kl
     from training.module import NewsImpactModule
 
     a, b = torch.randn(5, 3), torch.randn(5, 3)

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from training.config import LossConfig
-from training.modeling import compute_losses, sentiment_loss
+from training.losses import compute_losses, sentiment_loss
 from training.scale import Scale, default_coarse, scale_problems
 
 FIVE = ["strongly negative", "negative", "neutral", "positive", "strongly positive"]
