@@ -2,7 +2,7 @@
 
 PyTorch's fused CPU attention kernel (what SDPA dispatches to) is tuned for long sequences; at the
 scorer's chunk lengths (<= 512 tokens, 128 by default) the plain ``bmm -> softmax -> bmm`` is about 1.8x
-faster in bf16 on the CPU box (docs/BENCHMARKS.md, "Scoring"). It is registered with transformers'
+faster in bf16 on the CPU box (docs/experiments/scoring.md). It is registered with transformers'
 attention interface under :data:`NAME`, so any model using that interface (BERT, RoBERTa, DeBERTa-v2
 style encoders, Llama-style decoders) can switch to it. Every case it does not cover -- causal
 attention, grouped key/value heads, position biases, soft-capping, non-CPU tensors, dropout while

@@ -3,7 +3,7 @@
 The GELU between an encoder layer's two feed-forward matmuls is applied in place: the activation
 tensor is the largest one of the layer (tokens x 4 hidden), and allocating a fresh one per layer costs
 more than the GELU itself on the CPU box (page faults on new heap memory: 186 vs 201 ms per 32 x 128
-batch of MiniLM in bf16, bit-identical outputs; docs/BENCHMARKS.md, "Scoring").
+batch of MiniLM in bf16, bit-identical outputs; docs/experiments/scoring.md).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def keep_heap_memory() -> bool:
     """Serve large tensors from the heap and keep freed heap memory, instead of glibc's default of
     mapping and unmapping them (every new activation tensor then costs page faults). The process keeps
     its peak heap, which a scorer reaches in its first windows and then reuses: whole-process docs/s
-    +12-14 % on the CPU box at the same peak RSS (docs/BENCHMARKS.md, "Scoring").
+    +12-14 % on the CPU box at the same peak RSS (docs/experiments/scoring.md).
 
     Only on glibc, and not where the user set ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_``
     themselves. Returns whether both settings were applied."""

@@ -80,7 +80,7 @@ class Scorer:
         on_gpu = torch.device(device).type == "cuda"
         self.pin = on_gpu
         # Token budget per forward pass. On CPU 4,096 keeps a batch's activations cache- and heap-friendly
-        # (faster than 16,384 on the CPU box, docs/BENCHMARKS.md); a GPU wants big batches.
+        # (faster than 16,384 on the CPU box, docs/experiments/scoring.md); a GPU wants big batches.
         self.batch_tokens = batch_tokens or (16384 if on_gpu else 4096)
         self.max_batch_size = max_batch_size
         self.pad_to_multiple_of = max(1, pad_to_multiple_of)
@@ -103,7 +103,7 @@ class Scorer:
 
         Few distinct shapes matter on CPU: the backend keeps state per input shape (measured: forward
         passes of arbitrary shapes grow the allocated memory with every new shape, bucketed ones do
-        not; docs/BENCHMARKS.md), so exact-length batches grow memory with the corpus.
+        not; docs/experiments/scoring.md), so exact-length batches grow memory with the corpus.
         """
         m = self.pad_to_multiple_of
         return max(n, min(-(-n // m) * m, self.max_length))

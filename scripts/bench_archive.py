@@ -14,7 +14,7 @@ dir) and for this checkout:
   thread) on the same 4,000 headlines: wall seconds of the command and the manifest's articles/s.
 
 Writes docs/bench_archive.json and the section between the ``bench_archive`` markers of
-docs/BENCHMARKS.md. Each phase runs in its own process with the measured tree first on sys.path.
+docs/experiments/archive.md. Each phase runs in its own process with the measured tree first on sys.path.
 """
 
 from __future__ import annotations
@@ -281,7 +281,7 @@ def main() -> None:
     if args.render:
         saved = json.loads((ROOT / "docs" / "bench_archive.json").read_text())
         write_section(
-            ROOT / "docs" / "BENCHMARKS.md",
+            ROOT / "docs" / "experiments" / "archive.md",
             markdown(saved),
             MARKERS,
             "Archive scale (`scripts/bench_archive.py`)",
@@ -316,7 +316,7 @@ def main() -> None:
     result["ray_vs_torchrun"] = ray_vs_torchrun(model_dir, data, work)
     (ROOT / "docs" / "bench_archive.json").write_text(json.dumps(result, indent=2) + "\n")
     write_section(
-        ROOT / "docs" / "BENCHMARKS.md",
+        ROOT / "docs" / "experiments" / "archive.md",
         markdown(result),
         MARKERS,
         "Archive scale (`scripts/bench_archive.py`)",

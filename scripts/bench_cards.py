@@ -5,7 +5,7 @@
 Six short wire stories (a headline and a summary of a few hundred characters), written for this check and
 in no dataset, each with the topics and the direction a reader would give it. They are scored by the batch
 scorer's engine exactly as ``newsimpact score`` scores them (same chunking, same card), and the cards go to
-``--report`` (JSON) and, between the ``bench_cards`` markers, into docs/BENCHMARKS.md next to what was
+``--report`` (JSON) and, between the ``bench_cards`` markers, into docs/experiments/news_card.md next to what was
 expected. A handful of articles is a reading aid, not a metric: the figures with a sample size are in the
 quality table.
 """
@@ -105,7 +105,7 @@ def main() -> None:
     )
     parser.add_argument("--model-dir", required=True)
     parser.add_argument("--report", default="docs/bench_cards.json")
-    parser.add_argument("--markdown", default="docs/BENCHMARKS.md", help="'' for none")
+    parser.add_argument("--markdown", default="docs/experiments/news_card.md", help="'' for none")
     parser.add_argument("--title", default="News cards on wire-style articles (`scripts/bench_cards.py`)")
     args = parser.parse_args()
 

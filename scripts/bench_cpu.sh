@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The CPU benchmarks behind docs/BENCHMARKS.md, in one run on an otherwise idle machine (~15 min on 2 cores):
+# The CPU benchmarks behind docs/experiments/scoring.md, in one run on an otherwise idle machine (~15 min on 2 cores):
 #   bash scripts/bench_cpu.sh
-# Writes docs/bench_inference_cpu*.json; copy the figures into docs/BENCHMARKS.md with the machine line.
+# Writes docs/bench_inference_cpu*.json; copy the figures into docs/experiments/scoring.md with the machine line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Full articles (up to inference.max_chunks=16 chunks of 128 tokens) and a corpus 10x larger for memory.

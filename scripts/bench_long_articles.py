@@ -101,7 +101,7 @@ def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--report", default="docs/bench_long_articles.json")
-    parser.add_argument("--markdown", default="docs/BENCHMARKS.md", help="'' for none")
+    parser.add_argument("--markdown", default="docs/experiments/news_card.md", help="'' for none")
     args = parser.parse_args()
 
     configure_process("cpu")

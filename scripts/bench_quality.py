@@ -9,7 +9,7 @@ Each experiment is the same command a user types (``python -m training.train exp
 by ``--max-minutes`` (Lightning's ``trainer.max_time``), exported as an adapter from its best checkpoint
 and evaluated with ``python -m training.evaluate`` on its held-out split. The mixed model
 (``experiment=mix_minilm``) is evaluated on every dataset. Results go to ``--report`` (JSON) and, between
-the ``bench_quality`` markers, into ``docs/BENCHMARKS.md`` next to the published figures of each
+the ``bench_quality`` markers, into ``docs/experiments/quality.md`` next to the published figures of each
 dataset's SOURCE.md (FinGPT v3.3, FinBERT, ...), which are quoted, not re-run.
 """
 
@@ -432,7 +432,7 @@ def main() -> None:
     parser.add_argument("--report", default=DEFAULT_REPORT)
     parser.add_argument(
         "--markdown",
-        default="docs/BENCHMARKS.md",
+        default="docs/experiments/quality.md",
         help="file whose bench_quality section is rewritten; '' for none",
     )
     args = parser.parse_args()  # fmt: skip

@@ -19,7 +19,7 @@ For each dataset (``--datasets``, default both):
 Each model scores the documents with the batch scorer (``python -m inference.score ...
 inference.keep_columns=[published_at,text]``), then ``python -m inference.signals ... baselines=[vader,lm]``
 evaluates its signals beside VADER, Loughran-McDonald and a shuffled control. Results go to ``--report``
-(JSON) and between the ``bench_signals`` markers of docs/BENCHMARKS.md. Scoring reruns are no-ops (the
+(JSON) and between the ``bench_signals`` markers of docs/experiments/signals.md. Scoring reruns are no-ops (the
 scorer's exactly-once output); ``--fresh`` removes the work folder first.
 """
 
@@ -338,7 +338,7 @@ def main() -> None:
     parser.add_argument("--precision", default="bf16", help="inference.precision for scoring")
     parser.add_argument("--fresh", action="store_true", help="remove --work-dir first")
     parser.add_argument("--report", default="docs/bench_signals.json")
-    parser.add_argument("--markdown", default="docs/BENCHMARKS.md", help="'' for none")
+    parser.add_argument("--markdown", default="docs/experiments/signals.md", help="'' for none")
     parser.add_argument(
         "--stocknet-splits", default="train,validation,test", help="StockNet splits to score (all: 2014-2015)"
     )

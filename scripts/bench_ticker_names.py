@@ -11,7 +11,7 @@
   seeded random sample of matches is written to docs/ticker_names_sample.md for a person to mark
   (a ``correct`` column, filled by hand: does the headline name that company?).
 
-Writes docs/bench_ticker_names.json and prints a table for docs/BENCHMARKS.md ("Ticker names").
+Writes docs/bench_ticker_names.json and prints a table for docs/experiments/tickers.md.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ classes are exhaustive, so the joined text's topics are exactly the two classes.
 joined texts where both topics reach the scorer's threshold (0.5) and where both are the two top-scored
 topics; recall of a topic in a joined text against the same tweet alone; precision of the emitted TFN
 topics (``ai`` and ``guidance`` are not TFN classes and are left out of precision). Written to
-``--report`` and between the ``bench_topic_pairs`` markers of docs/BENCHMARKS.md (``--markdown ''``: none).
+``--report`` and between the ``bench_topic_pairs`` markers of docs/experiments/news_card.md (``--markdown ''``: none).
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--report", default="docs/bench_topic_pairs.json")
-    parser.add_argument("--markdown", default="docs/BENCHMARKS.md", help="'' for none")
+    parser.add_argument("--markdown", default="docs/experiments/news_card.md", help="'' for none")
     parser.add_argument("--title", default="Topics that share a chunk (`scripts/bench_topic_pairs.py`)")
     args = parser.parse_args()
 

@@ -14,7 +14,7 @@
 
 Every name goes through one filter (``MAP_VERSION`` in the output): at least 3 characters, a capital
 letter, not a common word of financial headlines (``COMMON_WORDS``: names that were matched as ordinary
-words in the check of docs/BENCHMARKS.md, "Ticker names"). Writes ``newsimpact/ticker_maps/<name>.json``.
+words in the check of docs/experiments/tickers.md). Writes ``newsimpact/ticker_maps/<name>.json``.
 """
 
 from __future__ import annotations

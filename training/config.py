@@ -183,7 +183,7 @@ class DataConfig:
     eval_batch_size: int = 128  # validation, test and training.evaluate
     group_by_length: bool = True  # training batches of similar length (less padding), still in random order
     # Batch lengths rounded up to a multiple: few distinct shapes, so the CPU backend's per-shape state
-    # stays small (less memory, faster steps; docs/BENCHMARKS.md) and GPU kernels get aligned sizes.
+    # stays small (less memory, faster steps; docs/experiments/training.md) and GPU kernels get aligned sizes.
     pad_to_multiple_of: int = 8
     num_workers: int = 0
 
@@ -232,7 +232,7 @@ class LossConfig:
     # A coarse entity label on a finer scale (SEntFiN's "positive" on five levels): false measures the
     # ticker loss on the score axis (its span [0.5, 1]); true on the coarse classes' axis, where adjacent
     # classes are one step apart (distances count 1 / 0.5 = 2x, as on a three-label scale); mix_minilm
-    # turns it on (docs/BENCHMARKS.md, the news card)
+    # turns it on (docs/experiments/news_card.md)
     tickers_coarse_axis: bool = False
 
 
@@ -282,7 +282,7 @@ class DistillConfig:
     # Teacher heads to learn from; null: those the teacher was validated on (its newsimpact.json metrics).
     heads: list[str] | None = None
     # the batch scorer's precision for the teacher pass; auto: bf16 on a GPU (the pass runs on this rank's
-    # GPU), fp32 on the CPU (the recipes in docs/BENCHMARKS.md set bf16 on bf16 CPUs)
+    # GPU), fp32 on the CPU (the recipes in docs/experiments/training.md set bf16 on bf16 CPUs)
     precision: Precision = Precision.auto
     cache_dir: str | None = (
         None  # where the teacher's part files are kept; null: NEWSIMPACT_CACHE_DIR/distill

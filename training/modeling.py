@@ -249,7 +249,7 @@ class ByteDropout(nn.Module):
     """Inverted dropout whose CPU mask comes from one random byte per element.
 
     torch's CPU dropout draws one random number per element, and with LoRA on every linear layer that is
-    over half of a training forward pass (docs/BENCHMARKS.md). Here one 32-bit draw serves four elements;
+    over half of a training forward pass (docs/experiments/training.md). Here one 32-bit draw serves four elements;
     the price is ``p`` rounded to a multiple of 1/256 (0.05 -> 13/256, 0.1 -> 26/256). Off CPU it is
     plain ``F.dropout``.
     """

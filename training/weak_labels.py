@@ -6,7 +6,7 @@ in-domain text (TFN topic tweets, SEntFiN and FNSPID headlines, FPB sentences) a
 the canonical schema: every row with a firing rule, plus twice as many rows where none fires, split
 80/10/10 by a hash of the text (:func:`split_of`); each row is labelled for ``TOPICS`` only
 (``topic_scope`` in configs/data/weak_topics.yaml), so it teaches nothing about the other topics. The precision of each rule, read by hand on a seeded sample, is in
-docs/BENCHMARKS.md ("Weak topic labels"). Change a rule: bump ``VERSION`` and measure again.
+docs/experiments/weak_topics.md. Change a rule: bump ``VERSION`` and measure again.
 """
 
 from __future__ import annotations
