@@ -44,7 +44,7 @@ class OutputOptions:
     # How the chunks of a long article combine into its sentiment and score: stance (length times the
     # chunk's non-neutral probability: boilerplate and balanced risk paragraphs count less), mean
     # (length-weighted: one polar sentence among neutral ones comes out neutral), first (the lede chunk).
-    # docs/experiments/news_card.md "Long articles": stance 0.60 accuracy over long documents, mean 0.35, first 0.55.
+    # The three compared on long documents: docs/experiments/news_card.md "Long articles".
     sentiment_aggregation: SentimentAggregation = SentimentAggregation.stance
     topic_threshold: float = 0.5
     # company name -> ticker, e.g. inference.ticker_map={Alibaba: BABA}. Typed Any, checked in

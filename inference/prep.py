@@ -101,7 +101,7 @@ class Preparer:
         self.replace_urls = replace_urls
         # A fast tokenizer's Rust core, called directly: the chunks transformers' batch call would return
         # (the same truncation, stride and special tokens), without building its Python dicts of every
-        # field (~25 % of the call on the CPU box; docs/experiments/datapath.md). Our own copy, so
+        # field (a quarter of the call on the CPU box: docs/experiments/datapath.md). Our own copy, so
         # setting its truncation changes nothing for other users of the tokenizer.
         self.backend = None
         if getattr(tokenizer, "is_fast", False):

@@ -31,11 +31,11 @@ def configure_process(
     """Process-wide settings for scoring, set once by the entry point (a Scorer changes none of them).
 
     On CPU: a single-threaded tokenizer (the background tokenizer thread shares the cores with the
-    model's threads; a multi-threaded tokenizer stalls their parallel regions: +4.5 % docs/s on the CPU
-    box), glibc keeping freed heap memory (``keep_heap``, inference/cpu_ops.py), and the bmm attention
+    model's threads; a multi-threaded tokenizer stalls their parallel regions: docs/experiments/scoring.md),
+    glibc keeping freed heap memory (``keep_heap``, inference/cpu_ops.py), and the bmm attention
     registered with transformers (inference/attention.py), which a Scorer then uses in bf16. Everywhere:
-    Arrow allocating from the system heap (``arrow_pool``; one retained heap, not two: -70 MB peak RSS
-    at 6,000 documents on the CPU box, same speed). ``threads`` (a GPU worker's share of the host's
+    Arrow allocating from the system heap (``arrow_pool``; one retained heap, not two: less peak memory at
+    the same speed, docs/experiments/scoring.md). ``threads`` (a GPU worker's share of the host's
     cores): torch's threads and the tokenizer's batch-encoding threads, so several workers sharing one
     GPU do not oversubscribe the CPU.
     """
@@ -117,8 +117,8 @@ class Runner:
             # weight on every call. Heads stay fp32 (the model casts hidden states to their dtype).
             model.backbone.to(torch.bfloat16 if precision == "bf16" else torch.float16)
         self.model = model.to(self.device).eval()
-        # bmm -> softmax -> bmm per sequence: ~7 % faster than the fused SDPA kernel at 128-token bf16
-        # chunks on the CPU box (inference/attention.py; the same within 3e-7 in fp32). It is registered
+        # bmm -> softmax -> bmm per sequence: faster than the fused SDPA kernel at short bf16 chunks on
+        # CPUs (inference/attention.py; docs/experiments/scoring.md). It is registered
         # process-wide by configure_process(), which the entry points call.
         if attention == "bmm" and not cpu_attention.is_registered():
             raise ValueError(

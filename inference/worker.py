@@ -239,7 +239,7 @@ def prep_workers(opts: InferenceOptions, device: str) -> int:
     """Prep processes of this worker: ``inference.prep_workers``, else on a GPU its share of the host's
     cores (:func:`worker_threads`) minus the one that drives the model, and on a CPU 0 (the background
     thread): there the model itself wants every core, and a prep process only competes with it (the
-    scorer measured 3 % fewer docs/s with one on the 2-core box, docs/experiments/datapath.md)."""
+    scorer was slower with one on the 2-core box: docs/experiments/datapath.md)."""
     if opts.prep_workers is not None:
         return opts.prep_workers
     threads = worker_threads(opts, device)

@@ -241,9 +241,9 @@ class NewsImpactModule(pl.LightningModule):
             "weight_decay": self.optim.weight_decay,
             "betas": tuple(self.optim.betas),
         }
-        # Multi-tensor AdamW: a few kernels per step instead of a Python loop over ~100 LoRA tensors (the
-        # loop was ~15 ms of a ~300 ms CPU step, docs/experiments/training.md). (fused=True would be faster still,
-        # but Lightning refuses gradient clipping with fused optimizers.)
+        # Multi-tensor AdamW: a few kernels per step instead of a Python loop over ~100 LoRA tensors
+        # (measured: docs/experiments/training.md). fused=True would be faster still, but Lightning refuses
+        # gradient clipping with fused optimizers.
         optimizer = torch.optim.AdamW(groups, foreach=self.optim.foreach, **kwargs)
         total = int(self.trainer.estimated_stepping_batches)
         scheduler = get_scheduler(
