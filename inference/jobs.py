@@ -36,10 +36,9 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
+from inference.job_records import ClaimRecord, DoneRecord, FileRecord, JobRecord, ManifestRecord, WorkerRecord
 from inference.readers import Unit
 
 JOB_FILE = "_job.json"
@@ -64,68 +63,76 @@ def worker_id(rank: int | None = None) -> str:
     return worker
 
 
-def publish_job(out: Path, job: dict[str, Any]) -> dict[str, Any]:
+def publish_job(out: Path, job: JobRecord) -> JobRecord:
     """Write ``_job.json`` unless it exists; returns the job that is in the folder now."""
     out.mkdir(parents=True, exist_ok=True)
     for sub in (CLAIMS, DONE, WORKERS):
         (out / sub).mkdir(exist_ok=True)
     path = out / JOB_FILE
     tmp = out / f".{JOB_FILE}.tmp-{os.getpid()}-{secrets.token_hex(3)}"
-    tmp.write_text(json.dumps(job, indent=2))
+    tmp.write_text(json.dumps(job.to_dict(), indent=2))
     try:
         os.link(tmp, path)  # atomic create-if-absent: one plan however many workers race
     except FileExistsError:
         pass
     finally:
         tmp.unlink()
-    return dict(json.loads(path.read_text()))
+    return JobRecord.from_dict(json.loads(path.read_text()))
 
 
-def read_job(out: Path) -> dict[str, Any] | None:
+def read_job(out: Path) -> JobRecord | None:
     path = out / JOB_FILE
-    return dict(json.loads(path.read_text())) if path.exists() else None
+    return JobRecord.from_dict(json.loads(path.read_text())) if path.exists() else None
 
 
-def units_of(job: dict[str, Any]) -> list[Unit]:
-    return [Unit(**u) for u in job["units"]]
+def read_manifest(out: Path) -> ManifestRecord | None:
+    """The job's last ``manifest.json`` (None: no run has finished writing one)."""
+    try:
+        return ManifestRecord.from_dict(json.loads((out / "manifest.json").read_text()))
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
 
 
 # -- done records -------------------------------------------------------------------------------------
-def done_units(out: Path) -> dict[str, dict[str, Any]]:
+def _read_done(path: Path) -> DoneRecord | None:
+    try:
+        return DoneRecord.from_dict(json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError, KeyError):  # being written, or not a record
+        return None
+
+
+def done_units(out: Path) -> dict[str, DoneRecord]:
     """Done records of units whose listed parts all exist."""
     names = set(os.listdir(out))
     done = {}
     for record_path in (out / DONE).glob("*.json"):
-        try:
-            record = json.loads(record_path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if all(p in names for p in record["parts"]):
+        record = _read_done(record_path)
+        if record is not None and all(p in names for p in record.parts):
             done[record_path.stem] = record
     return done
 
 
-def mark_done(out: Path, unit: Unit, record: dict[str, Any]) -> None:
-    atomic_write_text(out / DONE / f"{unit.name}.json", json.dumps(record))
+def mark_done(out: Path, unit: Unit, record: DoneRecord) -> None:
+    atomic_write_text(out / DONE / f"{unit.name}.json", json.dumps(record.to_dict()))
 
 
-def file_record(path: Path) -> dict[str, Any]:
+def file_record(path: Path) -> FileRecord:
     """Byte size and SHA-256 of an output file, for its unit's done record."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         while block := fh.read(1 << 22):
             digest.update(block)
-    return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+    return FileRecord(bytes=path.stat().st_size, sha256=digest.hexdigest())
 
 
-def _mismatch(out: Path, name: str, expected: dict[str, Any], verify: str) -> str | None:
+def _mismatch(out: Path, name: str, expected: FileRecord, verify: str) -> str | None:
     path = out / name
     if not path.is_file():
         return f"{name} is missing"
     size = path.stat().st_size
-    if size != expected["bytes"]:
-        return f"{name} is {size:,} bytes, its done record says {expected['bytes']:,}"
-    if verify == "full" and file_record(path)["sha256"] != expected["sha256"]:
+    if size != expected.bytes:
+        return f"{name} is {size:,} bytes, its done record says {expected.bytes:,}"
+    if verify == "full" and file_record(path).sha256 != expected.sha256:
         return f"{name} differs from the SHA-256 in its done record"
     return None
 
@@ -136,11 +143,10 @@ def check_done(out: Path, verify: str = "size") -> list[str]:
     why. Records written before sizes were recorded are trusted as they are. Call under the job lock."""
     problems = []
     for record_path in sorted((out / DONE).glob("*.json")):
-        try:
-            record = json.loads(record_path.read_text())
-        except (OSError, json.JSONDecodeError):
+        record = _read_done(record_path)
+        if record is None:
             continue
-        files = record.get("files") or {}
+        files = record.files
         reasons = [r for name, exp in files.items() if (r := _mismatch(out, name, exp, verify))]
         if not reasons:
             continue
@@ -156,13 +162,13 @@ def check_done(out: Path, verify: str = "size") -> list[str]:
 
 
 # -- claims -------------------------------------------------------------------------------------------
-def _alive_here(info: dict[str, Any]) -> bool | None:
+def _alive_here(info: ClaimRecord) -> bool | None:
     """Whether a claim's process runs on this host (None: another host, cannot tell)."""
-    if info.get("host") != socket.gethostname():
+    if info.host != socket.gethostname():
         return None
-    pid = int(info.get("pid", -1))
+    pid = int(info.pid)
     if pid == os.getpid():  # ours, or a dead predecessor that had our pid (a restarted container)
-        return info.get("worker") in _OWN_WORKERS
+        return info.worker in _OWN_WORKERS
     try:
         with open(f"/proc/{pid}/stat") as fh:
             return fh.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is dead
@@ -194,8 +200,8 @@ class Claim:
 
     def still_mine(self) -> bool:
         try:
-            return bool(json.loads(self.path.read_text()).get("worker") == self.worker)
-        except (OSError, json.JSONDecodeError):
+            return ClaimRecord.from_dict(json.loads(self.path.read_text())).worker == self.worker
+        except (OSError, ValueError, TypeError, KeyError):
             return False
 
     def release(self) -> None:
@@ -209,7 +215,7 @@ def try_claim(out: Path, unit: Unit, worker: str, timeout_s: float) -> Claim | N
     """Claim ``unit`` for ``worker``: None when a live worker holds it."""
     path = out / CLAIMS / f"{unit.name}.json"
     body = json.dumps(
-        {"worker": worker, "host": socket.gethostname(), "pid": os.getpid(), "claimed_at": time.time()}
+        ClaimRecord(worker, host=socket.gethostname(), pid=os.getpid(), claimed_at=time.time()).to_dict()
     ).encode()
     for _ in range(2):
         try:
@@ -233,11 +239,11 @@ def try_claim(out: Path, unit: Unit, worker: str, timeout_s: float) -> Claim | N
 
 def _expired(path: Path, me: str, timeout_s: float) -> bool:
     try:
-        info = json.loads(path.read_text())
+        info = ClaimRecord.from_dict(json.loads(path.read_text()))
         age = time.time() - path.stat().st_mtime
     except FileNotFoundError:
         return True
-    except (OSError, json.JSONDecodeError):  # being written right now
+    except (OSError, ValueError, TypeError, KeyError):  # being written right now
         return False
     alive = _alive_here(info)
     return (not alive) if alive is not None else age > timeout_s
@@ -276,16 +282,16 @@ def clean_unit_leftovers(out: Path, unit: Unit) -> None:
 
 
 # -- workers ------------------------------------------------------------------------------------------
-def write_worker(out: Path, record: dict[str, Any]) -> None:
-    atomic_write_text(out / WORKERS / f"{record['worker']}.json", json.dumps(record))
+def write_worker(out: Path, record: WorkerRecord) -> None:
+    atomic_write_text(out / WORKERS / f"{record.worker}.json", json.dumps(record.to_dict()))
 
 
-def this_run_workers(out: Path) -> list[dict[str, Any]]:
+def this_run_workers(out: Path) -> list[WorkerRecord]:
     records = []
     for path in sorted((out / WORKERS).glob("*.json")):
-        with contextlib.suppress(OSError, json.JSONDecodeError):
-            records.append(json.loads(path.read_text()))
-    return sorted(records, key=lambda r: r.get("started_at", ""))
+        with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+            records.append(WorkerRecord.from_dict(json.loads(path.read_text())))
+    return sorted(records, key=lambda r: r.started_at)
 
 
 def begin_run(out: Path, verify: str = "size") -> list[str]:
@@ -295,11 +301,8 @@ def begin_run(out: Path, verify: str = "size") -> list[str]:
     that run. First, done units whose files changed are reopened (:func:`check_done`, returned)."""
     with job_lock(out):
         reopened = check_done(out, verify)
-        try:
-            finished = json.loads((out / "manifest.json").read_text()).get("complete") is True
-        except (OSError, ValueError, AttributeError):
-            finished = False
-        if not finished:
+        manifest = read_manifest(out)
+        if manifest is None or not manifest.complete:
             return reopened
         previous = out / WORKERS / "previous"
         previous.mkdir(parents=True, exist_ok=True)
@@ -323,7 +326,3 @@ def job_lock(out: Path) -> Iterator[None]:
 def reset_folder(out: Path) -> None:
     if out.exists():
         shutil.rmtree(out)
-
-
-def plan_record(units: list[Unit]) -> list[dict[str, Any]]:
-    return [asdict(u) for u in units]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from inference import jobs
+from inference.job_records import JobRecord, ManifestRecord, WorkerRecord
 from inference.options import OutputOptions, ScoreConfig
 from inference.readers import plan_units
 from inference.runner import model_fingerprint
@@ -39,7 +40,7 @@ def job_identity(config: ScoreConfig, files: list[str], precision: str) -> dict[
     return {"model": model_fingerprint(config.model_dir), "inputs": files, "options": opts}
 
 
-def open_job(config: ScoreConfig, files: list[str], out: Path, precision: str) -> dict[str, Any]:
+def open_job(config: ScoreConfig, files: list[str], out: Path, precision: str) -> JobRecord:
     """The job in ``out``: planned and published here if the folder has none; refused if it holds
     another job (unless overwrite)."""
     identity = job_identity(config, files, precision)
@@ -53,21 +54,16 @@ def open_job(config: ScoreConfig, files: list[str], out: Path, precision: str) -
             )
         started = time.perf_counter()
         units = plan_units(files, config.inference.unit_rows)
-        job = {
-            "identity": identity,
-            "units": jobs.plan_record(units),
-            "created_at": _now(),
-            "planning_seconds": round(time.perf_counter() - started, 3),
-        }
+        job = JobRecord(identity, units, _now(), round(time.perf_counter() - started, 3))
         previous = jobs.publish_job(out, job)
-    if previous["identity"] != identity:
-        differs = [k for k in identity if previous["identity"].get(k) != identity[k]]
+    if previous.identity != identity:
+        differs = [k for k in identity if previous.identity.get(k) != identity[k]]
         detail = ""
         if "options" in differs:
             changed = [
-                f"{k}: {previous['identity']['options'].get(k)!r} -> {v!r}"
+                f"{k}: {previous.identity['options'].get(k)!r} -> {v!r}"
                 for k, v in identity["options"].items()
-                if previous["identity"]["options"].get(k) != v
+                if previous.identity["options"].get(k) != v
             ]
             detail = f" ({'; '.join(changed)})"
         raise ConfigError(
@@ -80,24 +76,24 @@ def open_job(config: ScoreConfig, files: list[str], out: Path, precision: str) -
     return previous
 
 
-def summarize(out: Path, job: dict[str, Any]) -> dict[str, int]:
+def summarize(out: Path, job: JobRecord) -> dict[str, int]:
     """Counts over every finished unit of the job (what the manifest reports)."""
     done = jobs.done_units(out)
     totals = {"rows": 0, "scored": 0, "errors": 0, "chunks": 0}
-    for unit in job["units"]:
-        record = done.get(f"{unit['file_index']:05d}-{unit['index']:05d}")
+    for unit in job.units:
+        record = done.get(unit.name)
         if record is not None:
             for key in totals:
-                totals[key] += record[key]
+                totals[key] += getattr(record, key)
     return totals
 
 
-def finish(config: ScoreConfig, out: Path, job: dict[str, Any], files: list[str]) -> dict[str, Any]:
+def finish(config: ScoreConfig, out: Path, job: JobRecord, files: list[str]) -> dict[str, Any]:
     """Write the manifest (every worker of this run, counts over every finished unit) and, when every
     unit is done, ``_SUCCESS``. Serialised between workers that end together; the last one's is whole."""
     with jobs.job_lock(out):
         done = jobs.done_units(out)
-        units = jobs.units_of(job)
+        units = job.units
         totals = summarize(out, job)
         complete = all(u.name in done for u in units)
         workers = jobs.this_run_workers(out)
@@ -127,65 +123,64 @@ def finish(config: ScoreConfig, out: Path, job: dict[str, Any], files: list[str]
 def _manifest(
     config: ScoreConfig,
     out: Path,
-    job: dict[str, Any],
+    job: JobRecord,
     files: list[str],
     totals: dict[str, int],
     n_done: int,
     complete: bool,
-    workers: list[dict[str, Any]],
+    workers: list[WorkerRecord],
     elsewhere: int,
 ) -> dict[str, Any]:
-    started = min((w["started_at"] for w in workers), default=None)
-    ended = max((w["finished_at"] or w["started_at"] for w in workers), default=None)
+    started = min((w.started_at for w in workers), default=None)
+    ended = max((w.finished_at or w.started_at for w in workers), default=None)
     seconds = (ended - started) if started is not None and ended is not None else 0.0
-    rows = sum(w["rows"] for w in workers)
-    tokens = sum(w["tokens"] for w in workers)
-    return {
-        "complete": complete,
-        "inputs": files,
-        "output_dir": str(out.resolve()),
-        "units": {
-            "total": len(job["units"]),
+    rows = sum(w.rows for w in workers)
+    tokens = sum(w.tokens for w in workers)
+    shown = ("worker", "rank", "backend", "device", "precision", "rows", "units", "seconds", "oom_splits")
+    optional = ("load_seconds", "warmup_seconds", "prep_workers")
+    manifest = ManifestRecord(
+        complete=complete,
+        inputs=files,
+        output_dir=str(out.resolve()),
+        units={
+            "total": len(job.units),
             "done": n_done,
-            "this_run": sum(w["units"] for w in workers),
+            "this_run": sum(w.units for w in workers),
             "in_progress_elsewhere": elsewhere,
         },
-        **totals,
-        "this_run": {
+        rows=totals["rows"],
+        scored=totals["scored"],
+        errors=totals["errors"],
+        chunks=totals["chunks"],
+        this_run={
             "rows": rows,
-            "errors": sum(w["errors"] for w in workers),
-            "chunks": sum(w["chunks"] for w in workers),
+            "errors": sum(w.errors for w in workers),
+            "chunks": sum(w.chunks for w in workers),
             "tokens": tokens,
             "wall_seconds": round(seconds, 2),
             "articles_per_s": round(rows / seconds, 2) if seconds else None,
             "tokens_per_s": round(tokens / seconds, 1) if seconds else None,
             "processes": len(workers),
-            "oom_splits": sum(w.get("oom_splits", 0) for w in workers),
+            "oom_splits": sum(w.oom_splits for w in workers),
             "workers": [
-                {
-                    k: w[k]
-                    for k in ("worker", "rank", "backend", "device", "precision", "rows", "units", "seconds")
-                }
-                | {
-                    k: w[k]
-                    for k in ("oom_splits", "load_seconds", "warmup_seconds", "prep_workers")
-                    if k in w
-                }
+                {k: getattr(w, k) for k in shown}
+                | {k: getattr(w, k) for k in optional if getattr(w, k) is not None}
                 for w in workers
             ],
         },
-        "planning_seconds": job.get("planning_seconds"),
-        "precision": job["identity"]["options"]["precision"],
-        "model": {
+        planning_seconds=job.planning_seconds,
+        precision=job.precision,
+        model={
             "dir": str(Path(config.model_dir).resolve()),
             "name": packaged_name(config.model_dir),  # a packaged model's name (card ...), else null
-            "hash": job["identity"]["model"],
+            "hash": job.identity["model"],
             # the sources, splits and date ranges it learned from: `newsimpact signals` evaluates off them
             "training_data": model_meta.read(config.model_dir).training_data,
         },
-        "config": asdict(config),
-        "finished_at": _now(),
-    }
+        config=asdict(config),
+        finished_at=_now(),
+    )
+    return manifest.to_dict()
 
 
 def summary_table(m: dict[str, Any], rate: float) -> str:

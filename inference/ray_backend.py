@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from inference import jobs
+from inference.job_records import JobRecord, WorkerRecord
 from inference.parts import COUNT_KEYS
 from inference.readers import Unit
 from inference.runner import configure_process
@@ -35,7 +36,7 @@ _COUNTS = COUNT_KEYS
 class UnitScorer:
     """A Ray Data actor: loads the model once, then scores the units it is handed."""
 
-    def __init__(self, config: Any, job: dict[str, Any], precision: str, threads: int):
+    def __init__(self, config: Any, job: JobRecord, precision: str, threads: int):
         from inference.parts import Progress
         from inference.worker import build_scorer, new_worker_record
 
@@ -51,25 +52,25 @@ class UnitScorer:
         self.record = new_worker_record(f"ray-{jobs.worker_id()}", None, "ray", device, precision)
         self.scorer = build_scorer(config, device, precision)
         if device != "cpu" or config.inference.compile:
-            self.record["warmup_seconds"] = round(self.scorer.warmup(), 3)
+            self.record.warmup_seconds = round(self.scorer.warmup(), 3)
         from inference.prep import PrepPool, default_prep_workers
 
         # the actor's CPU slots: one drives the model, the rest prepare windows (inference.prep_workers)
         workers = config.inference.prep_workers
         if workers is None:  # as inference.score.prep_workers: processes for a GPU actor, the thread on CPU
             workers = default_prep_workers(max(1, threads)) if device != "cpu" else 0
-        self.record["prep_workers"] = workers
-        self.pool = PrepPool(self.scorer.preparer, self.record["prep_workers"])
-        self.progress = Progress(self.out, self.record["worker"], 0, enabled=False)
+        self.record.prep_workers = workers
+        self.pool = PrepPool(self.scorer.preparer, self.record.prep_workers)
+        self.progress = Progress(self.out, self.record.worker, 0, enabled=False)
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         from inference.worker import LostClaim, score_unit
 
         unit = Unit(**{k: row[k] for k in ("file_index", "path", "index", "kind", "start", "end", "cost")})
-        result: dict[str, Any] = {"unit": unit.name, "worker": self.record["worker"], "scored_here": False}
-        result.update(dict.fromkeys(_COUNTS, 0), seconds=0.0, device=self.record["device"], oom_splits=0)
+        result: dict[str, Any] = {"unit": unit.name, "worker": self.record.worker, "scored_here": False}
+        result.update(dict.fromkeys(_COUNTS, 0), seconds=0.0, device=self.record.device, oom_splits=0)
         opts = self.config.inference
-        claim = jobs.try_claim(self.out, unit, self.record["worker"], opts.claim_timeout_s)
+        claim = jobs.try_claim(self.out, unit, self.record.worker, opts.claim_timeout_s)
         if claim is None or unit.name in jobs.done_units(self.out):
             if claim is not None:
                 claim.release()
@@ -77,7 +78,7 @@ class UnitScorer:
         try:
             jobs.clean_unit_leftovers(self.out, unit)
             counts = score_unit(
-                self.scorer, unit, opts, self.out, self.pool, self.progress, claim, self.record["worker"]
+                self.scorer, unit, opts, self.out, self.pool, self.progress, claim, self.record.worker
             )
         except LostClaim:
             return result
@@ -134,26 +135,25 @@ def run_ray(config: Any, files: list[str]) -> dict[str, Any]:
         for line in jobs.begin_run(out, opts.verify):  # units whose files changed: scored again
             log.warning(line)
         done = jobs.done_units(out)
-        todo = [u for u in jobs.claim_order(jobs.units_of(job)) if u.name not in done]
+        todo = [u for u in jobs.claim_order(job.units) if u.name not in done]
         results = _score_on_actors(config, job, precision, todo, per_gpu) if todo else []
     finally:
         if started_here:
             ray.shutdown()
-    by_worker: dict[str, dict[str, Any]] = {}
+    by_worker: dict[str, WorkerRecord] = {}
     for r in results:
         if not r["scored_here"]:
             continue
         record = by_worker.setdefault(
             r["worker"], new_worker_record(r["worker"], None, "ray", r["device"], precision)
         )
-        record["started_at"] = started
-        record["units"] += 1
-        record["seconds"] = round(record["seconds"] + r["seconds"], 3)
-        for key in _COUNTS:
-            record[key] += int(r[key])
-        record["oom_splits"] = max(record["oom_splits"], int(r.get("oom_splits", 0)))  # a running total
+        record.started_at = started
+        record.units += 1
+        record.seconds = round(record.seconds + r["seconds"], 3)
+        record.add_counts(r)
+        record.oom_splits = max(record.oom_splits, int(r.get("oom_splits", 0)))  # a running total
     for record in by_worker.values():
-        record["finished_at"] = time.time()
+        record.finished_at = time.time()
         jobs.write_worker(out, record)
     return finish(config, out, job, files)
 
@@ -177,7 +177,7 @@ def _gpus_per_actor(opts: Any) -> float:
 
 
 def _score_on_actors(
-    config: Any, job: dict[str, Any], precision: str, todo: list[Unit], per_gpu: float
+    config: Any, job: JobRecord, precision: str, todo: list[Unit], per_gpu: float
 ) -> list[dict[str, Any]]:
     import ray
     import ray.data

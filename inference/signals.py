@@ -30,6 +30,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 from omegaconf import DictConfig
 
+from inference.jobs import read_manifest
 from inference.signal_eval import EvaluationOptions, evaluate, forward_returns
 from inference.signal_stats import EVENT_WINDOW
 from inference.signals_report import _as_list, _atomic_write, _f, evaluation_markdown, plots, write_report
@@ -138,10 +139,8 @@ def trained_ranges(scores: str | Path) -> list[dict[str, Any]] | None:
     """The date ranges the scoring model trained and selected on, from the scores' ``manifest.json``
     (``model.training_data``); None when the manifest does not say (a model exported before it was
     recorded, or parts without a manifest)."""
-    path = Path(scores) / "manifest.json"
-    if not path.is_file():
-        return None
-    data = (json.loads(path.read_text()).get("model") or {}).get("training_data")
+    manifest = read_manifest(Path(scores))
+    data = manifest.training_data if manifest is not None else None
     if data is None:
         return None
     return [

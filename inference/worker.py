@@ -22,8 +22,9 @@ import torch
 
 from inference import jobs
 from inference.engine import Scorer
+from inference.job_records import DoneRecord, JobRecord, WorkerRecord
 from inference.options import InferenceOptions, ScoreConfig
-from inference.parts import COUNT_KEYS, Counts, PartWriter, Progress, _part_counts
+from inference.parts import Counts, PartWriter, Progress, _part_counts
 from inference.prep import Article, PrepPool, default_prep_workers, load_ticker_map
 from inference.readers import BadRow, Unit, read_unit
 from inference.runner import resolve_precision
@@ -162,13 +163,17 @@ def score_unit(
     written = [f"part-{name}.parquet" for name in parts] + [
         f"errors-{name}.jsonl" for name in parts if (out / f"errors-{name}.jsonl").exists()
     ]
-    record = {
-        "parts": [f"part-{name}.parquet" for name in parts],
-        "files": {f: jobs.file_record(out / f) for f in written},  # checked by the next run (verify)
-        **counts.as_dict(),
-        "worker": worker,
-        "seconds": seconds,
-    }
+    record = DoneRecord(
+        parts=[f"part-{name}.parquet" for name in parts],
+        files={f: jobs.file_record(out / f) for f in written},  # checked by the next run (verify)
+        rows=counts.rows,
+        scored=counts.scored,
+        errors=counts.errors,
+        chunks=counts.chunks,
+        tokens=counts.tokens,
+        worker=worker,
+        seconds=seconds,
+    )
     jobs.mark_done(out, unit, record)
     return {**here.as_dict(), "seconds": seconds}
 
@@ -285,63 +290,50 @@ def build_scorer(config: ScoreConfig, device: str, precision: str) -> Scorer:
 
 def new_worker_record(
     worker: str, rank: int | None, backend: str, device: str, precision: str
-) -> dict[str, Any]:
-    return {
-        "worker": worker,
-        "rank": rank,
-        "backend": backend,
-        "device": device,
-        "precision": precision,
-        "units": 0,
-        **Counts().as_dict(),
-        "oom_splits": 0,
-        "seconds": 0.0,
-        "started_at": time.time(),
-        "finished_at": None,
-    }
+) -> WorkerRecord:
+    return WorkerRecord(worker, rank, backend, device, precision, started_at=time.time())
 
 
 def work(
-    config: ScoreConfig, out: Path, job: dict[str, Any], record: dict[str, Any], show_progress: bool
-) -> dict[str, Any]:
+    config: ScoreConfig, out: Path, job: JobRecord, record: WorkerRecord, show_progress: bool
+) -> WorkerRecord:
     """Claim and score units until none is left for this worker; returns its record (also written)."""
     opts = config.inference
-    order = jobs.claim_order(jobs.units_of(job))
+    order = jobs.claim_order(job.units)
     start = time.perf_counter()
     scorer: Scorer | None = None
     pool: PrepPool | None = None
-    progress = Progress(out, record["worker"], len(order), show_progress and opts.progress)
+    progress = Progress(out, record.worker, len(order), show_progress and opts.progress)
     try:
-        while (claimed := jobs.claim_next(out, order, record["worker"], opts.claim_timeout_s)) is not None:
+        while (claimed := jobs.claim_next(out, order, record.worker, opts.claim_timeout_s)) is not None:
             unit, claim = claimed
             try:
                 if scorer is None or pool is None:  # only a worker that has work loads the model
                     loading = time.perf_counter()
-                    scorer = build_scorer(config, record["device"], record["precision"])
-                    record["prep_workers"] = prep_workers(opts, record["device"])
-                    pool = PrepPool(scorer.preparer, record["prep_workers"])
-                    if opts.compile or record["device"].startswith("cuda"):
-                        record["warmup_seconds"] = round(scorer.warmup(), 3)
+                    scorer = build_scorer(config, record.device, record.precision)
+                    record.prep_workers = prep_workers(opts, record.device)
+                    pool = PrepPool(scorer.preparer, record.prep_workers)
+                    if opts.compile or record.device.startswith("cuda"):
+                        record.warmup_seconds = round(scorer.warmup(), 3)
                     # model load and warm-up are not scoring time (the manifest's wall time and rates)
                     start += time.perf_counter() - loading
-                    record["started_at"] += time.perf_counter() - loading
-                    record["load_seconds"] = round(time.perf_counter() - loading, 3)
+                    record.started_at += time.perf_counter() - loading
+                    record.load_seconds = round(time.perf_counter() - loading, 3)
                 jobs.clean_unit_leftovers(out, unit)
-                counts = score_unit(scorer, unit, opts, out, pool, progress, claim, record["worker"])
+                counts = score_unit(scorer, unit, opts, out, pool, progress, claim, record.worker)
             except LostClaim:
                 log.warning("unit %s was taken over by another worker; leaving it to them", unit.name)
                 continue
             finally:
                 claim.release()
-            record["units"] += 1
-            for key in COUNT_KEYS:
-                record[key] += counts[key]
+            record.units += 1
+            record.add_counts(counts)
     finally:
         if pool is not None:
             pool.close()
     progress.close()
-    record["oom_splits"] = scorer.oom_splits if scorer is not None else 0
-    record["seconds"] = round(time.perf_counter() - start, 3)
-    record["finished_at"] = time.time()
+    record.oom_splits = scorer.oom_splits if scorer is not None else 0
+    record.seconds = round(time.perf_counter() - start, 3)
+    record.finished_at = time.time()
     jobs.write_worker(out, record)
     return record

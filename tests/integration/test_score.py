@@ -136,10 +136,10 @@ def test_a_worker_ending_after_the_job_completes_is_in_the_manifest(exported, tm
     first = run(config, files)
     assert first["complete"] and first["this_run"]["processes"] == 1
     late = new_worker_record("otherhost-4242-abcdef", None, "local", "cpu", "fp32")
-    late.update(units=1, rows=10, scored=10, finished_at=late["started_at"] + 1.0)
+    late.units, late.rows, late.scored, late.finished_at = 1, 10, 10, late.started_at + 1.0
     jobs.write_worker(out, late)
     last = finish(config, out, jobs.read_job(out), files)
-    assert [w["worker"] for w in last["this_run"]["workers"]][-1] == late["worker"]
+    assert [w["worker"] for w in last["this_run"]["workers"]][-1] == late.worker
     assert last["this_run"]["processes"] == 2 and last["units"]["this_run"] == 3
     rerun = run(config, files)
     assert rerun["this_run"]["processes"] == 1 and rerun["units"]["this_run"] == 0

@@ -10,6 +10,7 @@ import threading
 import time
 
 from inference import jobs
+from inference.job_records import DoneRecord, JobRecord, WorkerRecord
 from inference.readers import Unit
 
 
@@ -19,7 +20,7 @@ def _unit(index, cost=10, kind="bytes"):
 
 def _folder(tmp_path):
     out = tmp_path / "out"
-    jobs.publish_job(out, {"identity": {"x": 1}, "units": []})
+    jobs.publish_job(out, JobRecord({"x": 1}, []))
     return out
 
 
@@ -30,7 +31,7 @@ def test_one_plan_when_workers_publish_in_the_same_instant(tmp_path):
 
     def publish(i):
         barrier.wait()
-        seen.append(jobs.publish_job(out, {"identity": {"x": 1}, "by": i, "units": []})["by"])
+        seen.append(jobs.publish_job(out, JobRecord({"x": 1}, [], created_at=str(i))).created_at)
 
     threads = [threading.Thread(target=publish, args=(i,)) for i in range(8)]
     for t in threads:
@@ -38,7 +39,7 @@ def test_one_plan_when_workers_publish_in_the_same_instant(tmp_path):
     for t in threads:
         t.join()
     assert len(set(seen)) == 1  # every worker got the same plan: the first one published
-    assert json.loads((out / jobs.JOB_FILE).read_text())["by"] == seen[0]
+    assert json.loads((out / jobs.JOB_FILE).read_text())["created_at"] == seen[0]
     assert not [p for p in out.iterdir() if ".tmp-" in p.name]
 
 
@@ -93,7 +94,7 @@ def test_done_needs_the_listed_parts(tmp_path):
     out = _folder(tmp_path)
     unit = _unit(3)
     (out / "part-00000-00003.parquet").write_bytes(b"x")
-    jobs.mark_done(out, unit, {"parts": ["part-00000-00003.parquet"], "rows": 1})
+    jobs.mark_done(out, unit, DoneRecord(parts=["part-00000-00003.parquet"], rows=1))
     assert set(jobs.done_units(out)) == {unit.name}
     (out / "part-00000-00003.parquet").unlink()
     assert jobs.done_units(out) == {}
@@ -112,8 +113,40 @@ def test_biggest_units_are_claimed_first_so_two_workers_balance(tmp_path):
     ):
         unit, claim = claimed
         (out / f"part-{unit.name}.parquet").write_bytes(b"x")
-        jobs.mark_done(out, unit, {"parts": [f"part-{unit.name}.parquet"]})
+        jobs.mark_done(out, unit, DoneRecord(parts=[f"part-{unit.name}.parquet"]))
         claim.release()
         load[free] += unit.cost
         busy_until[free] += unit.cost
     assert load == {"a": 3100, "b": 3100}
+
+
+def test_job_folder_records_read_older_files_and_keep_unknown_keys(tmp_path):
+    """Every record of the job folder reads what an older version wrote (defaults filled in one place) and
+    writes back, unchanged, keys a newer version added; the JSON is the same as before the types."""
+    old_done = {"parts": ["part-00000-00001.parquet"], "rows": 3, "scored": 2, "errors": 1, "chunks": 4}
+    done = DoneRecord.from_dict(old_done)
+    assert done.files == {} and done.tokens == 0 and done.worker == ""  # written before sizes were recorded
+    newer = {**old_done, "files": {"part-00000-00001.parquet": {"bytes": 9, "sha256": "ab"}}, "future": [1]}
+    again = DoneRecord.from_dict(newer)
+    assert again.files["part-00000-00001.parquet"].bytes == 9 and again.to_dict()["future"] == [1]
+    assert {k: v for k, v in again.to_dict().items() if k in newer} == newer
+
+    unit = _unit(2)
+    job = JobRecord({"model": "m", "inputs": ["x"], "options": {"precision": "fp32"}}, [unit], "t", 0.1)
+    out = tmp_path / "fresh"
+    published = jobs.publish_job(out, job)
+    assert published == job and published.units[0].name == unit.name and published.precision == "fp32"
+    assert json.loads((out / jobs.JOB_FILE).read_text())["units"][0]["file_index"] == unit.file_index
+
+    worker = WorkerRecord.from_dict({"worker": "w", "rows": 5, "started_at": 1.0, "gpu_name": "H200"})
+    worker.add_counts({"rows": 2, "scored": 2, "tokens": 40})
+    assert (worker.rows, worker.scored, worker.tokens, worker.extra) == (7, 2, 40, {"gpu_name": "H200"})
+    jobs.write_worker(out, worker)
+    assert jobs.this_run_workers(out) == [worker]
+
+    assert jobs.read_manifest(out) is None
+    (out / "manifest.json").write_text(
+        json.dumps({"complete": True, "model": {"training_data": {"tfns": {}}}})
+    )
+    manifest = jobs.read_manifest(out)
+    assert manifest is not None and manifest.complete and manifest.training_data == {"tfns": {}}
