@@ -79,6 +79,17 @@ def _unpack_prepared(
     return Prepared(chunks, tickers, tokens)
 
 
+def _special_template(backend: Any) -> tuple[list[int], list[int]] | None:
+    """The special tokens the tokenizer's post-processor puts before and after a single text's tokens
+    (BERT: [CLS] .. [SEP]; Llama: <s> ..); None when they do not simply surround them."""
+    bare = backend.encode("newsimpact", add_special_tokens=False).ids
+    full = backend.encode("newsimpact", add_special_tokens=True).ids
+    for i in range(len(full) - len(bare) + 1):
+        if full[i : i + len(bare)] == bare:
+            return full[:i], full[i + len(bare) :]
+    return None
+
+
 class Preparer:
     """Everything before the model: text -> token chunks with ticker-mention positions.
 
@@ -99,20 +110,22 @@ class Preparer:
         self.stride = stride
         self.max_chunks = max_chunks
         self.replace_urls = replace_urls
-        # A fast tokenizer's Rust core, called directly: the chunks transformers' batch call would return
-        # (the same truncation, stride and special tokens), without building its Python dicts of every
-        # field (a quarter of the call on the CPU box: docs/experiments/datapath.md). Our own copy, so
-        # setting its truncation changes nothing for other users of the tokenizer.
+        # A fast tokenizer's Rust core, called directly and without truncation; the chunks are cut here as
+        # slices of each text's ids (the windows transformers' call with truncation, stride and overflowing
+        # tokens returns, with the same special tokens: a test compares them), at most max_chunks of them.
+        # That skips building Python dicts of every field and the core's own overflow encodings
+        # (docs/experiments/datapath.md). Our own copy, so its settings change nothing for other users.
         self.backend = None
-        if getattr(tokenizer, "is_fast", False):
+        if getattr(tokenizer, "is_fast", False) and getattr(tokenizer, "truncation_side", "right") == "right":
             from tokenizers import Tokenizer
 
             backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
-            backend.enable_truncation(
-                max_length, stride=stride, strategy="longest_first", direction=tokenizer.truncation_side
-            )
+            backend.no_truncation()
             backend.no_padding()
-            self.backend = backend
+            template = _special_template(backend)
+            if template is not None and max_length - len(template[0]) - len(template[1]) > stride:
+                self.backend = backend
+                self.prefix, self.suffix = (np.asarray(x, dtype=np.int32) for x in template)
         self.names = NameMatcher(
             dict(ticker_map or {})
         )  # one pass over each text's words, whatever the map size
@@ -125,7 +138,6 @@ class Preparer:
         (given, else extracted: cashtags, exchange notations, names of the ticker map), tokens."""
         cap = self.max_chunks * self.max_length * CHARS_PER_TOKEN_CAP
         texts = [normalize(text[:cap], self.replace_urls) for text, _ in articles]
-        owners, ids_of, offsets_of = self._encode(texts)
         tickers = [
             given if given is not None else extract_tickers(text, self.names)
             for (_, given), text in zip(articles, texts)
@@ -134,38 +146,70 @@ class Preparer:
             [find_mentions(text, t, self.aliases.get(t, ())) for t in ticks]
             for text, ticks in zip(texts, tickers)
         ]
+        pieces = self._sliced(texts) if self.backend is not None else self._called(texts)
         chunks: list[Chunk] = []
-        per_article: dict[int, int] = {}
         tokens = 0
-        for c, art in enumerate(owners):
-            if per_article.get(art, 0) >= self.max_chunks:
-                continue
-            per_article[art] = per_article.get(art, 0) + 1
+        for art, ids, window, offsets_of in pieces:
             entity_tokens: list[list[int]] = [[] for _ in spans[art]]
             if any(spans[art]):  # only where a ticker is named, only the spans inside this chunk's text
-                offsets = offsets_of(c)
-                real = [o for o in (*offsets[:2], *offsets[-2:]) if o[1] > o[0]]  # specials: (0, 0)
-                lo, hi = (min(o[0] for o in real), max(o[1] for o in real)) if real else (0, 0)
-                array = None
+                lo, hi = window
                 for t, ticker_spans in enumerate(spans[art]):
                     inside = [sp for sp in ticker_spans if sp[0] < hi and sp[1] > lo]
                     if inside:
-                        array = np.asarray(offsets, dtype=np.int64) if array is None else array
-                        entity_tokens[t] = spans_to_tokens(array, inside)
-            ids = np.asarray(ids_of(c), dtype=np.int32)
+                        entity_tokens[t] = spans_to_tokens(offsets_of(), inside)
             chunks.append(Chunk(art, ids, entity_tokens))
             tokens += len(ids)
         return Prepared(chunks, tickers, tokens)
 
+    def _sliced(self, texts: list[str]) -> Iterator[tuple[int, np.ndarray, tuple[int, int], Any]]:
+        """Per chunk: its article, ids, the character range its tokens cover, and a function giving its
+        tokens' offsets (special tokens (0, 0)); the windows of a truncating call with stride."""
+        assert self.backend is not None
+        body = self.max_length - len(self.prefix) - len(self.suffix)
+        step = body - self.stride
+        pad_before, pad_after = (
+            np.zeros((len(self.prefix), 2), np.int64),
+            np.zeros((len(self.suffix), 2), np.int64),
+        )
+        for art, encoding in enumerate(self.backend.encode_batch(texts, add_special_tokens=False)):
+            ids = np.asarray(encoding.ids, dtype=np.int32)
+            offsets = encoding.offsets
+            total, start = len(ids), 0
+            for _ in range(self.max_chunks):
+                stop = min(start + body, total)
+                window = (offsets[start][0], offsets[stop - 1][1]) if stop > start else (0, 0)
+
+                def offsets_of(
+                    start: int = start, stop: int = stop, offsets: list[Any] = offsets
+                ) -> np.ndarray:
+                    inner = np.asarray(offsets[start:stop], dtype=np.int64).reshape(-1, 2)
+                    return np.concatenate([pad_before, inner, pad_after])
+
+                yield art, np.concatenate([self.prefix, ids[start:stop], self.suffix]), window, offsets_of
+                if stop >= total:
+                    break
+                start += step
+
+    def _called(self, texts: list[str]) -> Iterator[tuple[int, np.ndarray, tuple[int, int], Any]]:
+        """As :meth:`_sliced`, through transformers' tokenizer call (tokenizers without a fast core)."""
+        owners, ids_of, offsets_of = self._encode(texts)
+        per_article: dict[int, int] = {}
+        for c, art in enumerate(owners):
+            if per_article.get(art, 0) >= self.max_chunks:
+                continue
+            per_article[art] = per_article.get(art, 0) + 1
+            offsets = offsets_of(c)
+            real = [o for o in (*offsets[:2], *offsets[-2:]) if o[1] > o[0]]  # specials: (0, 0)
+            window = (min(o[0] for o in real), max(o[1] for o in real)) if real else (0, 0)
+            yield (
+                art,
+                np.asarray(ids_of(c), dtype=np.int32),
+                window,
+                lambda c=c: np.asarray(offsets_of(c), np.int64),
+            )
+
     def _encode(self, texts: list[str]) -> tuple[list[int], Any, Any]:
         """Every chunk's article index, and functions from a chunk's index to its ids and its offsets."""
-        if self.backend is not None:
-            chunks, owners = [], []
-            for art, encoding in enumerate(self.backend.encode_batch(texts, add_special_tokens=True)):
-                for piece in (encoding, *encoding.overflowing):  # transformers' order of overflowing chunks
-                    chunks.append(piece)
-                    owners.append(art)
-            return owners, lambda c: chunks[c].ids, lambda c: chunks[c].offsets
         enc = self.tokenizer(
             texts,
             truncation=True,

@@ -24,14 +24,38 @@ _CASHTAG_RE = re.compile(r"(?<![\w$])\$([A-Z][A-Z0-9]{0,5}(?:\.[A-Z]{1,2})?)\b")
 _POSSESSIVE = r"(?:['\u2019]?s)?"
 
 
+# The patterns start with the name itself, so the regex engine can jump between occurrences of its first
+# characters; the word boundary before a mention (and a cashtag's "$") is checked in Python on the few
+# candidates (:func:`_word_start_spans`). A leading look-behind made the engine try every position of the
+# text: five times the cost of the whole tokenizer call on wire articles (docs/experiments/datapath.md).
 @functools.lru_cache(maxsize=65536)
 def _symbol_pattern(ticker: str) -> re.Pattern[str]:
-    return re.compile(rf"(?<![\w]){re.escape('$')}?{re.escape(ticker)}{_POSSESSIVE}(?![\w])")
+    return re.compile(rf"{re.escape(ticker)}{_POSSESSIVE}(?!\w)")
 
 
 @functools.lru_cache(maxsize=65536)
 def _alias_pattern(alias: str) -> re.Pattern[str]:
-    return re.compile(rf"(?<!\w){re.escape(alias)}{_POSSESSIVE}(?!\w)", re.IGNORECASE)
+    return re.compile(rf"{re.escape(alias)}{_POSSESSIVE}(?!\w)", re.IGNORECASE)
+
+
+def _is_word(char: str) -> bool:
+    return char.isalnum() or char == "_"  # what the regex \w matches in a str
+
+
+def _word_start_spans(pattern: re.Pattern[str], text: str, cashtag: bool) -> list[tuple[int, int]]:
+    """Spans of ``pattern``'s matches that start a word; with ``cashtag`` a "$" right before the match
+    (itself at a word start) belongs to the span: ``(?<!\w)\$?PATTERN`` without the look-behind's scan."""
+    spans = []
+    for match in pattern.finditer(text):
+        start, end = match.span()
+        if start > 0:
+            before = text[start - 1]
+            if cashtag and before == "$" and (start == 1 or not _is_word(text[start - 2])):
+                start -= 1
+            elif _is_word(before):
+                continue
+        spans.append((start, end))
+    return spans
 
 
 def find_mentions(text: str, ticker: str, aliases: Sequence[str] = ()) -> list[tuple[int, int]]:
@@ -43,10 +67,10 @@ def find_mentions(text: str, ticker: str, aliases: Sequence[str] = ()) -> list[t
     """
     spans: list[tuple[int, int]] = []
     if ticker:
-        spans += [m.span() for m in _symbol_pattern(ticker).finditer(text)]
+        spans += _word_start_spans(_symbol_pattern(ticker), text, cashtag=True)
     for alias in aliases:
         if alias and alias != ticker:
-            spans += [m.span() for m in _alias_pattern(alias).finditer(text)]
+            spans += _word_start_spans(_alias_pattern(alias), text, cashtag=False)
     spans.sort()
     merged: list[tuple[int, int]] = []
     for start, end in spans:

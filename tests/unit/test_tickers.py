@@ -64,3 +64,39 @@ def test_packaged_ticker_maps_load_and_name_real_companies():
     assert both["Alibaba"] == "BABA" and both["Apple"] == "APPLE-OVERRIDE"  # inline entries win
     india = load_ticker_map(None, None, ["india_sentfin"])
     assert "Deepak" not in india and "CBI" not in india  # dropped on the dev headlines
+
+
+def test_mentions_equal_the_look_behind_patterns_on_random_text():
+    """find_mentions checks the word boundary before a candidate in Python (a leading look-behind made
+    the regex scan every position); on random strings of the characters that matter it finds exactly the
+    spans of the look-behind patterns it replaced."""
+    import random
+    import re
+
+    from training.tickers import _POSSESSIVE, find_mentions
+
+    def reference(text, ticker, aliases):
+        spans = [
+            m.span() for m in re.finditer(rf"(?<![\w])\$?{re.escape(ticker)}{_POSSESSIVE}(?![\w])", text)
+        ]
+        for alias in aliases:
+            pattern = rf"(?<!\w){re.escape(alias)}{_POSSESSIVE}(?!\w)"
+            spans += [m.span() for m in re.finditer(pattern, text, re.IGNORECASE)]
+        merged = []
+        for start, end in sorted(spans):
+            if merged and start <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(end, merged[-1][1]))
+            else:
+                merged.append((start, end))
+        return merged
+
+    rng = random.Random(0)
+    alphabet = "AB$ _.'s\u2019xa1é"
+    cases = [("AB", ()), ("A", ()), ("B.A", ()), ("AB", ("ab x",)), ("A", ("b",))]
+    checked = 0
+    for _ in range(5000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 16)))
+        for ticker, aliases in cases:
+            assert find_mentions(text, ticker, aliases) == reference(text, ticker, aliases), (text, ticker)
+            checked += bool(reference(text, ticker, aliases))
+    assert checked > 1000  # the random texts do contain mentions
