@@ -43,7 +43,7 @@ def _is_word(char: str) -> bool:
 
 
 def _word_start_spans(pattern: re.Pattern[str], text: str, cashtag: bool) -> list[tuple[int, int]]:
-    """Spans of ``pattern``'s matches that start a word; with ``cashtag`` a "$" right before the match
+    r"""Spans of ``pattern``'s matches that start a word; with ``cashtag`` a "$" right before the match
     (itself at a word start) belongs to the span: ``(?<!\w)\$?PATTERN`` without the look-behind's scan."""
     spans = []
     for match in pattern.finditer(text):

@@ -199,7 +199,20 @@ def build_strategy(config: TrainConfig, model: Any) -> Any:
         from pytorch_lightning.strategies import FSDPStrategy
 
         return FSDPStrategy(auto_wrap_policy=block_classes(model) or None, use_orig_params=True)
+    if isinstance(strategy, str) and strategy.startswith("deepspeed"):
+        from pytorch_lightning.strategies import DeepSpeedStrategy
+
+        return DeepSpeedStrategy(**deepspeed_options(strategy))
     return strategy
+
+
+def deepspeed_options(name: str) -> dict[str, Any]:
+    """Lightning's settings for a registered DeepSpeed strategy name (``deepspeed_stage_2`` ...), saving
+    only the trainable weights: DeepSpeed writes its own checkpoint folders, which bypass the module's
+    trimming to trainable tensors, so without this every checkpoint held the whole frozen backbone."""
+    from pytorch_lightning.strategies import StrategyRegistry
+
+    return {**StrategyRegistry[name]["init_params"], "exclude_frozen_parameters": True}
 
 
 class Throughput(pl.Callback):

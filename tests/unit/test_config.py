@@ -299,3 +299,16 @@ def test_trainer_configs_that_cannot_run_here_stop_before_any_work(monkeypatch):
     assert trainer_problems(ddp) == []  # DDP on CPUs (gloo): what the tests run
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert trainer_problems(compose_train(["trainer=fsdp"])) == []
+
+
+@pytest.mark.parametrize("name", ["deepspeed", "deepspeed_stage_2", "deepspeed_stage_3_offload"])
+def test_deepspeed_checkpoints_keep_only_the_trainable_weights(name):
+    """trainer=deepspeed's checkpoint folders are DeepSpeed's own: the strategy is built with Lightning's
+    settings for the registered name plus exclude_frozen_parameters, so they hold LoRA and heads only."""
+    from pytorch_lightning.strategies import StrategyRegistry
+
+    from training.train import deepspeed_options
+
+    options = deepspeed_options(name)
+    assert options.pop("exclude_frozen_parameters") is True
+    assert options == StrategyRegistry[name]["init_params"]
