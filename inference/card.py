@@ -38,6 +38,13 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("texts", nargs="*", help="articles (headline, summary or full text)")
     parser.add_argument("--json", action="store_true", help="one JSON object per article")
     parser.add_argument("--color", choices=("auto", "always", "never"), default="auto")
+    parser.add_argument(
+        "--backend",
+        choices=("auto", "torch"),
+        default="auto",
+        help="auto: a cached ONNX copy of the model on onnxruntime (fp32; built on first use) where onnx is "
+        "installed, else PyTorch; torch: always the PyTorch model (bf16 where the CPU has it, as `score`)",
+    )
     args, settings = parser.parse_args(argv), {"model_dir": "card", "ticker_names": "us_stocknet"}
     texts = []
     for item in args.texts:
@@ -164,6 +171,62 @@ def _write_merged(folder: Path, target: Path, meta: Any) -> None:
         model_meta.write(tmp, meta)
 
 
+def onnx_copy(model_dir: str) -> str | None:
+    """A cached ONNX folder of ``model_dir`` for cards (None where it cannot be made: an ONNX export already
+    is one, and without onnx/onnxruntime, or for a graph torch cannot export, the card runs the model with
+    PyTorch). A card then starts without transformers' model code or peft: the graph in fp32 on
+    onnxruntime and the tokenizer's core (inference.prep.CoreTokenizer). Built once from the merged copy,
+    keyed by the source folder's content, under a lock and atomically."""
+    import importlib.util
+
+    from training import model_meta
+
+    folder = Path(model_dir)
+    meta = model_meta.read(folder)
+    if meta.format == "onnx":
+        return model_dir
+    if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None:
+        return None
+    from training.packaged_models import _exclusive, cache_dir
+
+    target = cache_dir() / "card" / _folder_hash(folder)
+    if (target / model_meta.META_FILE).is_file():
+        return str(target)
+    with _exclusive(target.parent / f".{target.name}.lock"):
+        if not (target / model_meta.META_FILE).is_file():
+            try:
+                _write_onnx(Path(merged_copy(model_dir)), target)
+            except Exception as err:  # noqa: BLE001 - any export failure: the card runs with PyTorch
+                print(
+                    f"newsimpact card: no ONNX copy ({err}); running the model with PyTorch", file=sys.stderr
+                )
+                return None
+    return str(target)
+
+
+def _write_onnx(merged: Path, target: Path) -> None:
+    import shutil
+    import warnings
+
+    from training import model_meta
+    from training.artifacts import atomic_dir
+    from training.modeling import load_tokenizer, load_trained
+    from training.onnx_graph import export_onnx
+
+    print(f"newsimpact card: first use of {merged}: caching an ONNX copy in {target}", file=sys.stderr)
+    warnings.filterwarnings("ignore")  # the exporter's tracer warnings are not the user's business
+    meta = model_meta.read(merged)
+    with atomic_dir(target, replace=True) as tmp:
+        export_onnx(load_trained(merged).eval(), load_tokenizer(str(merged)), tmp / "model.onnx", opset=17)
+        for path in merged.iterdir():  # tokenizer files, config.json, the heads (the graph holds them)
+            if path.is_file() and path.suffix != ".safetensors" and path.name != model_meta.META_FILE:
+                shutil.copy2(path, tmp / path.name)
+        meta.format = "onnx"
+        meta.onnx = {"file": "model.onnx", "for": "newsimpact card"}
+        meta.extra["onnx_from"] = str(merged.resolve())
+        model_meta.write(tmp, meta)
+
+
 def _texts(args: argparse.Namespace, stdin: TextIO) -> list[str]:
     if args.texts:
         return [t for t in args.texts if t.strip()]
@@ -188,7 +251,7 @@ def run(argv: Sequence[str], stdout: TextIO = sys.stdout, stdin: TextIO = sys.st
         print(f"newsimpact card: {model_dir_problem(args.model_dir)}", file=sys.stderr)
         return 2
     from inference.engine import Scorer
-    from inference.prep import PACKAGED_TICKER_MAPS, Article, load_ticker_map
+    from inference.prep import PACKAGED_TICKER_MAPS, Article, CoreTokenizer, load_ticker_map
     from inference.runner import configure_process, resolve_precision
 
     unknown = [n for n in args.ticker_names if n not in PACKAGED_TICKER_MAPS]
@@ -199,16 +262,20 @@ def run(argv: Sequence[str], stdout: TextIO = sys.stdout, stdin: TextIO = sys.st
             file=sys.stderr,
         )
         return 2
-    configure_process("cpu")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # a card prints the card, not the weights loading
+    ticker_map = load_ticker_map(None, None, args.ticker_names)
     try:
-        scorer = Scorer(
-            merged_copy(model_dir),
-            precision=resolve_precision("auto", "cpu"),
-            ticker_map=load_ticker_map(None, None, args.ticker_names),
-        )
+        fast = onnx_copy(model_dir) if args.backend == "auto" else None
+        if fast is not None and CoreTokenizer.available(fast):
+            # no transformers model code, no peft, no CPU attention kernels: the graph on onnxruntime
+            scorer = Scorer(fast, precision="fp32", ticker_map=ticker_map, tokenizer=CoreTokenizer(fast))
+        else:
+            configure_process("cpu")
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()  # a card prints the card, not the weights loading
+            scorer = Scorer(
+                merged_copy(model_dir), precision=resolve_precision("auto", "cpu"), ticker_map=ticker_map
+            )
     except ConfigError as err:
         print(f"newsimpact card: {err}", file=sys.stderr)
         return 2

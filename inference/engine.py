@@ -49,6 +49,7 @@ class Scorer:
         topic_threshold: float = 0.5,
         ticker_map: Mapping[str, str] | None = None,
         embeddings: bool = False,
+        tokenizer: Any = None,
     ):
         self.meta = read_meta(model_dir)
         self.labels: list[str] = self.meta["schema"]["sentiment_labels"]
@@ -67,7 +68,8 @@ class Scorer:
         self.replace_urls: str | None = self.meta.get("replace_urls")
         # the folder's own chunk overlap (exports write it), else the one default rule (training/model_meta.py)
         self.stride = stride if stride is not None else model_meta.ModelMeta.from_dict(self.meta).stride
-        self.tokenizer = load_tokenizer(model_dir)
+        # a tokenizer given by the caller (the card's CoreTokenizer), else the folder's through transformers
+        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model_dir)
         use_onnx = self.meta.get("format") == "onnx"
         if embeddings and use_onnx:
             raise ValueError(

@@ -79,6 +79,41 @@ def _unpack_prepared(
     return Prepared(chunks, tickers, tokens)
 
 
+class CoreTokenizer:
+    """A model folder's fast tokenizer (``tokenizer.json``) as the :class:`Preparer` reads it, loaded with the
+    ``tokenizers`` library alone: importing transformers' tokenizer classes costs most of a second of a cold
+    start (``newsimpact card``). The saved ``tokenizer.json`` is the backend transformers itself would load,
+    so the chunks are the same (a test compares them); slow tokenizers and folders without it need
+    :func:`training.modeling.load_tokenizer`."""
+
+    is_fast = True
+
+    def __init__(self, folder: str | Path):
+        from tokenizers import Tokenizer
+
+        folder = Path(folder)
+        self.backend_tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        config = folder / "tokenizer_config.json"
+        settings = json.loads(config.read_text()) if config.is_file() else {}
+        self.truncation_side = settings.get("truncation_side", "right")
+        self.padding_side = settings.get("padding_side", "right")
+
+        def token(key: str) -> str | None:
+            value = settings.get(key)
+            return value.get("content") if isinstance(value, dict) else value
+
+        # as training.modeling.load_tokenizer: a decoder without a pad token pads with its end token
+        pad = token("pad_token") or token("eos_token")
+        self.pad_token_id = self.backend_tokenizer.token_to_id(pad) if pad else None
+
+    @staticmethod
+    def available(folder: str | Path) -> bool:
+        return (Path(folder) / "tokenizer.json").is_file()
+
+    def __call__(self, text: str) -> dict[str, list[int]]:
+        return {"input_ids": self.backend_tokenizer.encode(text).ids}
+
+
 def _special_template(backend: Any) -> tuple[list[int], list[int]] | None:
     """The special tokens the tokenizer's post-processor puts before and after a single text's tokens
     (BERT: [CLS] .. [SEP]; Llama: <s> ..); None when they do not simply surround them."""

@@ -40,7 +40,8 @@ from training.modeling import (
     pooler_attached,
     read_meta,
 )
-from training.records import HEAD_OUTPUTS, head_outputs, untrained
+from training.onnx_graph import export_onnx
+from training.records import HEAD_OUTPUTS, untrained
 
 log = logging.getLogger("newsimpact.export")
 EXPORT_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -137,45 +138,6 @@ def load_run_model(run_dir: Path, checkpoint: str = "final") -> NewsImpactModel:
             raise ValueError(f"{ckpt} does not belong to this run: unknown weights {sorted(missing)[:3]}")
         model.load_state_dict(state, strict=False)
     return model
-
-
-class OnnxHeads(torch.nn.Module):
-    """Inference-time outputs of every head, as the ONNX graph returns them."""
-
-    def __init__(self, model: NewsImpactModel):
-        super().__init__()
-        self.model = model
-
-    def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, entity_mask: torch.Tensor
-    ) -> tuple[torch.Tensor, ...]:
-        out = head_outputs(self.model(input_ids, attention_mask, entity_mask))
-        return tuple(out[name] for name in HEAD_OUTPUTS)
-
-
-def export_onnx(model: NewsImpactModel, tokenizer: Any, path: Path, opset: int) -> None:
-    sample = tokenizer(["$ACME beats estimates", "quiet day"], padding=True, return_tensors="pt")
-    entity_mask = torch.zeros(2, 1, sample["input_ids"].shape[1], dtype=torch.bool)
-    entity_mask[0, 0, 1] = True
-    torch.onnx.export(
-        OnnxHeads(model).eval(),
-        (sample["input_ids"], sample["attention_mask"], entity_mask),
-        str(path),
-        input_names=["input_ids", "attention_mask", "entity_mask"],
-        output_names=list(HEAD_OUTPUTS),
-        dynamic_axes={
-            "input_ids": {0: "batch", 1: "sequence"},
-            "attention_mask": {0: "batch", 1: "sequence"},
-            "entity_mask": {0: "batch", 1: "entities", 2: "sequence"},
-            "sentiment_probs": {0: "batch"},
-            "sentiment_score": {0: "batch"},
-            "impact": {0: "batch"},
-            "topic_scores": {0: "batch"},
-            "ticker_score": {0: "batch", 1: "entities"},
-        },
-        opset_version=opset,
-        dynamo=False,
-    )
 
 
 # Backbones we can name on the Hugging Face Hub when the run used a local copy (the packaged ones).

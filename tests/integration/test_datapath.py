@@ -360,3 +360,22 @@ def test_the_prep_pool_passes_on_a_reader_error_and_stops_cleanly(exported):
         assert [a.id for a in first] == ["a0", "a1"]
         stream.close()  # the consumer leaves early
     assert not any(t.name == "prepare-feeder" for t in threading.enumerate())
+
+
+@pytest.mark.parametrize("backbone", ["tiny_bert", "tiny_llama"])
+def test_the_core_tokenizer_prepares_what_transformers_tokenizer_does(backbone, request):
+    """The card's CoreTokenizer (tokenizer.json through `tokenizers` alone, no transformers import) gives
+    the preparer the same chunks, pad token and padding side as the folder's transformers tokenizer."""
+    from inference.prep import CoreTokenizer, Preparer
+    from training.modeling import load_tokenizer
+
+    folder = request.getfixturevalue(backbone)
+    full, core = load_tokenizer(folder), CoreTokenizer(folder)
+    assert core.pad_token_id == full.pad_token_id and core.padding_side == full.padding_side
+    articles = [(a.text, a.tickers) for a in _mixed_articles(40, seed=11)]
+    got = Preparer(core, max_length=32, stride=8, max_chunks=5, ticker_map={"Acme Corp": "ACME"})(articles)
+    want = Preparer(full, max_length=32, stride=8, max_chunks=5, ticker_map={"Acme Corp": "ACME"})(articles)
+    assert got.tokens == want.tokens and got.tickers == want.tickers and len(got.chunks) == len(want.chunks)
+    for a, b in zip(got.chunks, want.chunks):
+        assert a.article == b.article and np.array_equal(a.input_ids, b.input_ids)
+        assert a.entity_tokens == b.entity_tokens

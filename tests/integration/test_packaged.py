@@ -195,3 +195,26 @@ def test_card_merges_an_adapter_once_and_scores_the_same(fake_registry, tmp_path
         )
         assert x["tickers"][0]["ticker"] == y["tickers"][0]["ticker"] if x["tickers"] else not y["tickers"]
     assert card.merged_copy(str(merged)) == str(merged)  # a merged folder is used as it is
+
+
+def test_the_card_runs_a_cached_onnx_copy_that_agrees_with_the_pytorch_model(fake_registry, tmp_path):
+    """`newsimpact card` builds an ONNX copy of the model once (the cold-start path: no transformers model
+    code) and its cards agree with the PyTorch model's in fp32; `--backend torch` keeps PyTorch."""
+    texts = ["Acme Corp (NASDAQ: ACME) beats estimates and raises guidance", "Oil slips as inventories build"]
+    runs = {}
+    for backend in ("auto", "torch"):
+        out = io.StringIO()
+        assert card.run(["--json", "--backend", backend, "model_dir=tiny-card", *texts], stdout=out) == 0
+        runs[backend] = [json.loads(line) for line in out.getvalue().splitlines()]
+    cached = list((tmp_path / "cache" / "card").glob("*/model.onnx"))
+    assert len(cached) == 1
+    assert json.loads((cached[0].parent / "newsimpact.json").read_text())["format"] == "onnx"
+    for fast, slow in zip(runs["auto"], runs["torch"]):
+        assert fast["sentiment"] == slow["sentiment"] and fast["topics"] == slow["topics"]
+        # the PyTorch card computes in bf16 on CPUs that have it: agreement to bf16's precision
+        assert max(abs(a - b) for a, b in zip(fast["sentiment_probs"], slow["sentiment_probs"])) < 2e-2
+        assert abs(fast["sentiment_score"] - slow["sentiment_score"]) < 2e-2
+        assert [t["ticker"] for t in fast["tickers"]] == [t["ticker"] for t in slow["tickers"]]
+    stamp = cached[0].stat().st_mtime
+    assert card.run(["--json", "model_dir=tiny-card", texts[0]], stdout=io.StringIO()) == 0
+    assert cached[0].stat().st_mtime == stamp  # built once
