@@ -133,14 +133,19 @@ def merged_copy(model_dir: str) -> str:
     weights = folder / "backbone" if meta.format == "run" else folder
     if meta.format not in ("adapter", "run") or not (weights / "adapter_config.json").is_file():
         return model_dir
+    return _cached("merged", folder, lambda target: _write_merged(folder, target, meta))
+
+
+def _cached(kind: str, folder: Path, build: Any) -> str:
+    """``$NEWSIMPACT_CACHE_DIR/<kind>/<hash of folder>``, made by ``build(target)`` once, under a lock."""
+    from training import model_meta
     from training.packaged_models import _exclusive, cache_dir
 
-    target = cache_dir() / "merged" / _folder_hash(folder)
-    if (target / model_meta.META_FILE).is_file():
-        return str(target)
-    with _exclusive(target.parent / f".{target.name}.lock"):
-        if not (target / model_meta.META_FILE).is_file():
-            _write_merged(folder, target, meta)
+    target = cache_dir() / kind / _folder_hash(folder)
+    if not (target / model_meta.META_FILE).is_file():
+        with _exclusive(target.parent / f".{target.name}.lock"):
+            if not (target / model_meta.META_FILE).is_file():
+                build(target)
     return str(target)
 
 
@@ -187,21 +192,11 @@ def onnx_copy(model_dir: str) -> str | None:
         return model_dir
     if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None:
         return None
-    from training.packaged_models import _exclusive, cache_dir
-
-    target = cache_dir() / "card" / _folder_hash(folder)
-    if (target / model_meta.META_FILE).is_file():
-        return str(target)
-    with _exclusive(target.parent / f".{target.name}.lock"):
-        if not (target / model_meta.META_FILE).is_file():
-            try:
-                _write_onnx(Path(merged_copy(model_dir)), target)
-            except Exception as err:  # noqa: BLE001 - any export failure: the card runs with PyTorch
-                print(
-                    f"newsimpact card: no ONNX copy ({err}); running the model with PyTorch", file=sys.stderr
-                )
-                return None
-    return str(target)
+    try:
+        return _cached("card", folder, lambda target: _write_onnx(Path(merged_copy(model_dir)), target))
+    except Exception as err:  # noqa: BLE001 - any export failure: the card runs with PyTorch
+        print(f"newsimpact card: no ONNX copy ({err}); running the model with PyTorch", file=sys.stderr)
+        return None
 
 
 def _write_onnx(merged: Path, target: Path) -> None:
