@@ -1,8 +1,10 @@
-"""Lightning glue: the data module and the multi-task module (its per-head metrics: training/metrics.py)."""
+"""Lightning glue: the data module, the multi-task module (its per-head metrics: training/metrics.py) and
+the throughput callback behind run.json's `throughput`."""
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import pytorch_lightning as pl
@@ -388,3 +390,38 @@ class NewsImpactModule(pl.LightningModule):
         if "raw_state_dict" in checkpoint:
             self._ema_from_checkpoint = checkpoint["state_dict"]
             checkpoint["state_dict"] = checkpoint["raw_state_dict"]
+
+
+class Throughput(pl.Callback):
+    """Steady-state training speed and peak GPU memory for ``run.json``: steps/s over the steps after the
+    first tenth (at least one, at most 10; compilation, allocator and loader warm-up excluded), timed
+    at the end of every optimizer step."""
+
+    def __init__(self) -> None:
+        self.stamps: list[float] = []
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if pl_module.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(pl_module.device)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any, **kwargs: Any) -> None:
+        self.stamps.append(time.perf_counter())
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # here, not after fit(): the module is still on its device (Lightning moves it back at teardown)
+        self.device = str(pl_module.device)
+        self.peak_gb = None
+        if pl_module.device.type == "cuda":
+            self.peak_gb = round(torch.cuda.max_memory_allocated(pl_module.device) / 1e9, 3)
+
+    def figures(self, batch_size: int) -> dict[str, Any]:
+        figures: dict[str, Any] = {"device": getattr(self, "device", None)}
+        warm = min(10, max(1, len(self.stamps) // 10))
+        if len(self.stamps) > warm + 1:
+            steps = len(self.stamps) - 1 - warm
+            rate = steps / (self.stamps[-1] - self.stamps[warm])
+            figures["steady_steps_per_s"] = round(rate, 3)
+            figures["steady_samples_per_s"] = round(rate * batch_size, 1)
+        if getattr(self, "peak_gb", None) is not None:
+            figures["gpu_peak_memory_gb"] = self.peak_gb
+        return figures
