@@ -231,6 +231,7 @@ def _check_monitor(config: TrainConfig, problems: list[str]) -> None:
 
 def _check_distill(config: TrainConfig, problems: list[str]) -> None:
     from training import model_meta
+    from training.distill import teacher_heads
 
     distill = config.distill
     teacher = distill.teacher
@@ -267,10 +268,14 @@ def _check_distill(config: TrainConfig, problems: list[str]) -> None:
                 "distill.hidden_weight=0"
             )
         labels = meta.sentiment_labels
-        if labels != list(config.schema.sentiment_labels):
+        heads = teacher_heads(meta.to_dict(), distill.heads)
+        teaches_sentiment = "sentiment" in heads or not heads  # heads unknown: it may teach sentiment
+        allowed = (list(config.schema.sentiment_labels), _coarse_names(config.schema))
+        if teaches_sentiment and labels not in allowed:
             problems.append(
-                f"{name}'s sentiment labels {labels} differ from schema.sentiment_labels "
-                f"{list(config.schema.sentiment_labels)}; set schema.sentiment_labels={labels}"
+                f"{name}'s sentiment labels {labels} are neither schema.sentiment_labels "
+                f"{allowed[0]} nor their coarse classes {allowed[1]}; set schema.sentiment_labels={labels}, "
+                "or leave sentiment out of what it teaches: distill.heads=[...]"
             )
     if distill.temperature <= 0:
         problems.append(f"distill.temperature={distill.temperature} must be > 0")

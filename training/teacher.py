@@ -32,11 +32,19 @@ import pyarrow.parquet as pq
 import torch
 
 from training.choices import Precision
-from training.config import DistillConfig
+from training.config import DISTILL_HEADS, DistillConfig
 from training.distill import TEACHER_COLUMNS, teacher_heads
 from training.packaged_models import cache_dir
 
 log = logging.getLogger("newsimpact.distill")
+
+# The teacher's output column behind each head it can teach.
+HEAD_OF_TARGET = {
+    "teacher_probs": "sentiment",
+    "teacher_score": "sentiment_score",
+    "teacher_impact": "impact",
+    "teacher_topics": "topics",
+}
 
 
 def _floats(values: Sequence[float | None]) -> np.ndarray:
@@ -71,15 +79,15 @@ class Teacher:
         assert self.model_dirs, "distill.teacher is not set"
         metas = [read_meta(d) for d in self.model_dirs]
         self.meta = metas[0]
-        # An ensemble teaches the heads all its members were trained on.
-        each = [teacher_heads(meta, config.heads) for meta in metas]
-        self.heads = [h for h in each[0] if all(h in other for other in each[1:])]
+        # Each member teaches the heads it was trained on (teachers per task: a TFNS model the sentiment, a
+        # topic model the topics); a head several members know gets their mean.
+        self.member_heads = [teacher_heads(meta, config.heads) for meta in metas]
+        self.heads = [h for h in DISTILL_HEADS if any(h in each for each in self.member_heads)]
         if not self.heads:
             raise ConfigError(
                 [
-                    f"distill.teacher='{config.teacher}' reports no validation metrics (or its members no head "
-                    "in common), so which of its heads were trained is unknown; name them: "
-                    "distill.heads=[sentiment,...]"
+                    f"distill.teacher='{config.teacher}' reports no validation metrics, so which of its heads "
+                    "were trained is unknown; name them: distill.heads=[sentiment,...]"
                 ]
             )
         self._check_scales(metas, labels, coarse)
@@ -102,13 +110,13 @@ class Teacher:
         the members of an ensemble one scale."""
         from training.config import ConfigError
 
-        for folder, meta in zip(self.model_dirs, metas, strict=True):
-            teacher_labels = list(meta["schema"]["sentiment_labels"])
-            if (
-                "sentiment" in self.heads
-                and labels is not None
-                and teacher_labels not in (list(labels), list(coarse))
-            ):
+        teaching = [
+            (folder, list(meta["schema"]["sentiment_labels"]))
+            for folder, meta, heads in zip(self.model_dirs, metas, self.member_heads, strict=True)
+            if "sentiment" in heads
+        ]
+        for folder, teacher_labels in teaching:
+            if labels is not None and teacher_labels not in (list(labels), list(coarse)):
                 raise ConfigError(
                     [
                         f"distill.teacher='{folder}' has the sentiment labels {teacher_labels}, the student "
@@ -116,11 +124,11 @@ class Teacher:
                         "classes for a three-class teacher), or leave sentiment out: distill.heads=[...]"
                     ]
                 )
-        if len({len(meta["schema"]["sentiment_labels"]) for meta in metas}) > 1 and "sentiment" in self.heads:
+        if len({len(labels_) for _, labels_ in teaching}) > 1:
             raise ConfigError(
                 [
-                    f"distill.teacher={self.model_dirs}: the members' sentiment scales differ, so their "
-                    "distributions cannot be averaged; use teachers of one scale"
+                    f"distill.teacher={[f for f, _ in teaching]}: the sentiment teachers' scales differ, so "
+                    "their distributions cannot be averaged; use sentiment teachers of one scale"
                 ]
             )
 
@@ -143,8 +151,14 @@ class Teacher:
         targets = {}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: a head no member scored
-            for key in ("teacher_probs", "teacher_score", "teacher_impact", "teacher_topics"):
-                targets[key] = np.nanmean(np.stack([m[key] for m in members]), axis=0).astype(np.float32)
+            for key, head in HEAD_OF_TARGET.items():
+                taught = [
+                    m[key] for m, heads in zip(members, self.member_heads, strict=True) if head in heads
+                ]
+                if not taught:  # no member teaches it: no target (attach() fills the column with NaN)
+                    targets[key] = np.full_like(members[0][key], np.nan)
+                    continue
+                targets[key] = np.nanmean(np.stack(taught), axis=0).astype(np.float32)
         if self.hidden:
             states = [m["teacher_embedding"] for m in members]
             norms = [np.linalg.norm(s, axis=-1, keepdims=True).clip(min=1e-12) for s in states]
@@ -224,13 +238,7 @@ class Teacher:
         targets = self.score(list(ds["text"]), name)
         n = len(ds)
         # Heads the student does not learn from the teacher: NaN targets (masked out by the loss).
-        unused = {
-            "sentiment": "teacher_probs",
-            "sentiment_score": "teacher_score",
-            "impact": "teacher_impact",
-            "topics": "teacher_topics",
-        }
-        for head, column in unused.items():
+        for column, head in HEAD_OF_TARGET.items():
             if head not in self.heads:
                 shape = (n, 1) if targets[column].ndim == 2 else (n,)
                 targets[column] = np.full(shape, np.nan, dtype=np.float32)

@@ -236,7 +236,10 @@ def test_an_ensemble_of_teachers_averages_their_outputs_and_joins_their_states(t
 
     def teacher(folders):
         distill = DistillConfig(
-            teacher=folders, cache_dir=str(tmp_path / "cache2"), heads=["sentiment"], hidden_weight=1.0
+            teacher=folders,
+            cache_dir=str(tmp_path / "cache2"),
+            heads=["sentiment", "sentiment_score"],
+            hidden_weight=1.0,
         )
         return Teacher(distill, list(config.schema.topics), labels)
 
@@ -270,3 +273,70 @@ def test_a_teacher_list_is_checked_member_by_member(tiny_bert, exported, tmp_pat
         config = compose_train(tiny_overrides(tiny_bert, tmp_path / "r") + [f"distill.teacher={teacher}"])
         with pytest.raises(ConfigError, match=message):
             validate_train_config(config)
+
+
+def _teacher_of(exported, tmp_path, name, metrics, flip=False):
+    """A copy of the merged export that reports validation ``metrics`` for some heads only (a teacher
+    trained for one task), optionally with its sentiment and topic heads changed (other outputs)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from training.modeling import HEADS_FILE
+
+    folder = tmp_path / name
+    shutil.copytree(exported["merged"], folder)
+    meta = json.loads((folder / "newsimpact.json").read_text())
+    meta["metrics"] = metrics
+    (folder / "newsimpact.json").write_text(json.dumps(meta))
+    if flip:
+        heads = load_file(str(folder / HEADS_FILE))
+        heads["sentiment.weight"] = heads["sentiment.weight"].flip(0) * 3.0
+        heads["topics.weight"] = heads["topics.weight"] * -2.0
+        save_file(heads, str(folder / HEADS_FILE))
+    return folder
+
+
+def test_teachers_per_task_each_teach_the_heads_they_were_trained_on(tiny_bert, exported, tmp_path):
+    """distill.teacher=[A,B] with A validated on sentiment only and B on topics only: the student learns
+    sentiment from A alone and topics from B alone (not their mean), and nothing for the heads neither
+    knows; a real training run takes both."""
+    import numpy as np
+
+    from training.config import DistillConfig
+    from training.teacher import Teacher
+
+    a = _teacher_of(
+        exported, tmp_path, "sentiment_teacher", {"sentiment_acc": 0.6, "sentiment_f1_macro": 0.5}
+    )
+    b = _teacher_of(exported, tmp_path, "topic_teacher", {"topics_f1_micro": 0.4}, flip=True)
+    config = compose_train(tiny_overrides(tiny_bert, tmp_path / "r"))
+    labels, topics = list(config.schema.sentiment_labels), list(config.schema.topics)
+
+    def teacher(folders):
+        return Teacher(DistillConfig(teacher=folders, cache_dir=str(tmp_path / "cache")), topics, labels)
+
+    both = teacher([str(a), str(b)])
+    assert both.member_heads == [["sentiment"], ["topics"]] and both.heads == ["sentiment", "topics"]
+    texts = [f"$ACME shares {w} after results; AI chips and guidance" for w in ("rise", "fall", "hold")]
+    ta, tb, tboth = (
+        teacher(str(a)).score(texts, "a"),
+        teacher(str(b)).score(texts, "b"),
+        both.score(texts, "ab"),
+    )
+    assert not np.allclose(ta["teacher_probs"], tb["teacher_probs"], atol=1e-3)
+    assert not np.allclose(ta["teacher_topics"], tb["teacher_topics"], atol=1e-3, equal_nan=True)
+    np.testing.assert_allclose(tboth["teacher_probs"], ta["teacher_probs"], atol=1e-6)  # A's, not the mean
+    np.testing.assert_allclose(tboth["teacher_topics"], tb["teacher_topics"], atol=1e-6, equal_nan=True)
+    assert np.isnan(tboth["teacher_score"]).all() and np.isnan(tboth["teacher_impact"]).all()
+
+    run_dir = tmp_path / "student"
+    student = compose_train(
+        tiny_overrides(tiny_bert, run_dir)
+        + [f"distill.teacher=[{a},{b}]", f"distill.cache_dir={tmp_path / 'cache'}", "trainer.max_steps=4"]
+    )
+    info = train_run(student, run_dir)
+    assert info["status"] == "finished"
+    logged = (run_dir / "metrics.csv").read_text().splitlines()[0]
+    assert "distill_sentiment" in logged and "distill_topics" in logged
+    assert "distill_sentiment_score" not in logged and "distill_impact" not in logged
