@@ -18,6 +18,7 @@ from training.choices import (
     Backend,
     ImpactAggregation,
     Precision,
+    RayPrep,
     SentimentAggregation,
     Verify,
 )
@@ -68,6 +69,10 @@ class RayOptions:
     actors: int | None = None  # scorer actors; null: one per GPU of the cluster, else CPUs / cpus_per_actor
     cpus_per_actor: int = 1
     gpus_per_actor: float | None = None  # null: 1 where the cluster has GPUs, else 0
+    # Where windows are prepared (tokenized, chunked, tickers found): tasks is Ray's batch-inference split,
+    # preparation on the cluster's CPUs as tasks and the model in the GPU actors (inference/ray_backend.py)
+    prep: RayPrep = RayPrep.auto
+    prep_tasks_in_flight: int = 8  # windows an actor keeps in preparation as tasks (prep=tasks)
 
 
 @dataclass
@@ -140,6 +145,8 @@ def validate_score_config(config: ScoreConfig) -> list[str]:
     ):
         if getattr(opts, key) is not None and getattr(opts, key) < 1:
             problems.append(f"inference.{key} must be >= 1")
+    if opts.ray.prep_tasks_in_flight < 1:
+        problems.append("inference.ray.prep_tasks_in_flight must be >= 1")
     if opts.prep_workers is not None and opts.prep_workers < 0:
         problems.append("inference.prep_workers must be >= 0 (0: a background thread) or null (cores - 1)")
     if opts.max_error_rate is not None and not 0 <= opts.max_error_rate <= 1:

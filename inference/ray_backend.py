@@ -25,6 +25,7 @@ import torch
 from inference import jobs
 from inference.job_records import JobRecord, WorkerRecord
 from inference.parts import COUNT_KEYS
+from inference.prep import PrepPool
 from inference.readers import Unit
 from inference.runner import configure_process
 from training.config import ConfigError
@@ -53,14 +54,23 @@ class UnitScorer:
         self.scorer = build_scorer(config, device, precision)
         if device != "cpu" or config.inference.compile:
             self.record.warmup_seconds = round(self.scorer.warmup(), 3)
-        from inference.prep import PrepPool, default_prep_workers
+        from inference.prep import default_prep_workers
 
-        # the actor's CPU slots: one drives the model, the rest prepare windows (inference.prep_workers)
-        workers = config.inference.prep_workers
-        if workers is None:  # as inference.score.prep_workers: processes for a GPU actor, the thread on CPU
-            workers = default_prep_workers(max(1, threads)) if device != "cpu" else 0
-        self.record.prep_workers = workers
-        self.pool = PrepPool(self.scorer.preparer, self.record.prep_workers)
+        mode = config.inference.ray.prep
+        if mode == "tasks" or (mode == "auto" and device != "cpu"):
+            # Ray's batch-inference split: windows prepared by CPU tasks anywhere in the cluster, the model here
+            self.pool: PrepPool = RayTaskPrep(self.scorer.preparer, config.inference.ray.prep_tasks_in_flight)
+            self.record.prep_workers = config.inference.ray.prep_tasks_in_flight
+            self.record.extra["prep"] = "ray_tasks"
+        else:
+            # the actor's CPU slots: one drives the model, the rest prepare windows (inference.prep_workers)
+            workers = config.inference.prep_workers
+            if (
+                workers is None
+            ):  # as inference.score.prep_workers: processes for a GPU actor, the thread on CPU
+                workers = default_prep_workers(max(1, threads)) if device != "cpu" else 0
+            self.record.prep_workers = workers
+            self.pool = PrepPool(self.scorer.preparer, workers)
         self.progress = Progress(self.out, self.record.worker, 0, enabled=False)
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
@@ -69,6 +79,7 @@ class UnitScorer:
         unit = Unit(**{k: row[k] for k in ("file_index", "path", "index", "kind", "start", "end", "cost")})
         result: dict[str, Any] = {"unit": unit.name, "worker": self.record.worker, "scored_here": False}
         result.update(dict.fromkeys(_COUNTS, 0), seconds=0.0, device=self.record.device, oom_splits=0)
+        result.update(prep=self.record.extra.get("prep", "actor"), prep_workers=self.record.prep_workers)
         opts = self.config.inference
         claim = jobs.try_claim(self.out, unit, self.record.worker, opts.claim_timeout_s)
         if claim is None or unit.name in jobs.done_units(self.out):
@@ -87,6 +98,27 @@ class UnitScorer:
         result.update({k: counts[k] for k in _COUNTS}, seconds=counts["seconds"], scored_here=True)
         result["oom_splits"] = self.scorer.oom_splits
         return result
+
+
+def _prepare_task(preparer: Any, pairs: list[tuple[str, list[str] | None]]) -> Any:
+    return preparer(pairs)
+
+
+class RayTaskPrep(PrepPool):
+    """Windows prepared by Ray tasks (one CPU each, scheduled anywhere in the cluster) while the actor's
+    model scores the ones before: ``in_flight`` windows ahead, in input order. The preparer (tokenizer and
+    text options) is put in the object store once; a prepared window travels back packed (one ids array)."""
+
+    def __init__(self, preparer: Any, in_flight: int):
+        import ray
+
+        super().__init__(preparer, workers=max(1, in_flight), first_in_thread=False)
+        self.ref = ray.put(preparer)
+        self.task = ray.remote(num_cpus=1)(_prepare_task)
+
+    def submit(self, window: list[Any], first: bool = False) -> Any:
+        pairs = [(a.text, a.tickers) for a in window]
+        return self.task.remote(self.ref, pairs).future()  # a concurrent.futures.Future
 
 
 def ray_gpu_ids() -> list[Any]:
@@ -152,6 +184,7 @@ def run_ray(config: Any, files: list[str]) -> dict[str, Any]:
         record.seconds = round(record.seconds + r["seconds"], 3)
         record.add_counts(r)
         record.oom_splits = max(record.oom_splits, int(r.get("oom_splits", 0)))  # a running total
+        record.prep_workers, record.extra["prep"] = r.get("prep_workers"), r.get("prep", "actor")
     for record in by_worker.values():
         record.finished_at = time.time()
         jobs.write_worker(out, record)
@@ -176,6 +209,29 @@ def _gpus_per_actor(opts: Any) -> float:
     return opts.gpus_per_actor if opts.gpus_per_actor is not None else (1.0 if gpus else 0.0)
 
 
+def _actors_leaving_cpus_for_tasks(actors: int, cpus: float, opts: Any) -> int:
+    """Preparation tasks need CPUs the actors do not hold (an actor waits on its tasks: with every CPU
+    taken by actors they would never be scheduled). Fewer actors where their number was derived; a
+    one-line error where the user asked for them, or where not even one actor leaves a CPU free."""
+    fitting = int((cpus - 1) // opts.cpus_per_actor)
+    if actors <= fitting:
+        return actors
+    if opts.actors or fitting < 1:
+        raise ConfigError(
+            [
+                f"inference.ray.prep=tasks: {actors} scorer actor(s) of {opts.cpus_per_actor} CPU(s) leave none "
+                f"of the cluster's {cpus:g} CPUs to the preparation tasks; give Ray more CPUs "
+                "(inference.ray.num_cpus), fewer actors (inference.ray.actors), or inference.ray.prep=actor"
+            ]
+        )
+    log.info(
+        "inference.ray.prep=tasks: %d scorer actor(s), so %g CPUs stay free for preparation",
+        fitting,
+        cpus - fitting * opts.cpus_per_actor,
+    )
+    return fitting
+
+
 def _score_on_actors(
     config: Any, job: JobRecord, precision: str, todo: list[Unit], per_gpu: float
 ) -> list[dict[str, Any]]:
@@ -191,6 +247,8 @@ def _score_on_actors(
         actors = max(1, int(gpus / per_gpu))
     else:
         actors = max(1, int(float(resources.get("CPU", 1)) // opts.cpus_per_actor))
+    if opts.prep == "tasks" or (opts.prep == "auto" and per_gpu):
+        actors = _actors_leaving_cpus_for_tasks(actors, float(resources.get("CPU", 0)), opts)
     actors = min(actors, len(todo))
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = config.inference.progress

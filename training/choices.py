@@ -169,3 +169,11 @@ class EventGroups(Choice):
 
 class ScoreSign(Choice):
     signed = "signed"  # impact labels also get a signed score (the sign of the abnormal return)
+
+
+class RayPrep(Choice):
+    """Where a Ray scorer actor's windows are prepared."""
+
+    auto = "auto"  # tasks for GPU actors, the actor itself (inference.prep_workers) on CPU actors
+    tasks = "tasks"  # Ray tasks of one CPU each, anywhere in the cluster: a CPU map stage feeding the model
+    actor = "actor"  # in the actor: a background thread or its own prep processes (inference.prep_workers)

@@ -202,12 +202,18 @@ def test_ray_backend_matches_the_local_backend_and_reruns_score_nothing_twice(ex
     common = [f"model_dir={exported['merged']}", f"input=[{a},{tmp_path / 'b.parquet'}]",
               "inference.unit_rows=20", "inference.progress=false"]  # fmt: skip
     ray_args = [*common, "inference.backend=ray", "inference.ray.num_cpus=2", f"output_dir={tmp_path}/ray"]
-    for args in ([*common, f"output_dir={tmp_path}/local"], ray_args):
+    # Ray's batch-inference split: windows prepared by CPU tasks, the model in the actor
+    tasks_args = [*common, "inference.backend=ray", "inference.ray.num_cpus=2", "inference.ray.prep=tasks",
+                  "inference.window=16", f"output_dir={tmp_path}/ray_tasks"]  # fmt: skip
+    for args in ([*common, f"output_dir={tmp_path}/local"], ray_args, tasks_args):
         result = subprocess.run(
             _cli(*args), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600
         )
         assert result.returncode == 0, result.stderr[-3000:]
     _assert_same_scores(_read(tmp_path / "local"), _read(tmp_path / "ray"), 120)
+    _assert_same_scores(_read(tmp_path / "local"), _read(tmp_path / "ray_tasks"), 120)
+    records = [json.loads(p.read_text()) for p in (tmp_path / "ray_tasks" / "_workers").glob("*.json")]
+    assert records and all(r["prep"] == "ray_tasks" for r in records)
     manifest = json.loads((tmp_path / "ray" / "manifest.json").read_text())
     assert {w["backend"] for w in manifest["this_run"]["workers"]} == {"ray"} and manifest["complete"]
     # A rerun scores only what is missing: nothing, then the one unit whose part was deleted.

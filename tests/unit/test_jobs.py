@@ -150,3 +150,23 @@ def test_job_folder_records_read_older_files_and_keep_unknown_keys(tmp_path):
     )
     manifest = jobs.read_manifest(out)
     assert manifest is not None and manifest.complete and manifest.training_data == {"tfns": {}}
+
+
+def test_ray_preparation_tasks_always_have_a_cpu_the_actors_do_not_hold():
+    """inference.ray.prep=tasks: an actor waits on its preparation tasks, so the actors must leave a CPU
+    free (else nothing is ever scheduled): fewer actors where their number was derived, a one-line error
+    where the user set it or where one actor already takes every CPU."""
+    from types import SimpleNamespace
+
+    import pytest
+
+    from inference.ray_backend import _actors_leaving_cpus_for_tasks
+    from training.config import ConfigError
+
+    derived = SimpleNamespace(actors=None, cpus_per_actor=1)
+    assert _actors_leaving_cpus_for_tasks(2, 2.0, derived) == 1
+    assert _actors_leaving_cpus_for_tasks(1, 16.0, derived) == 1  # one GPU actor, 15 CPUs for tasks
+    with pytest.raises(ConfigError, match="inference.ray.prep=actor"):
+        _actors_leaving_cpus_for_tasks(2, 2.0, SimpleNamespace(actors=2, cpus_per_actor=1))
+    with pytest.raises(ConfigError, match="leave none"):
+        _actors_leaving_cpus_for_tasks(1, 1.0, derived)
