@@ -1,6 +1,6 @@
 """Build a packaged model from the public data with one command: train, export, evaluate, package.
 
-    python scripts/package_model.py card                  # train experiment=mix_minilm (~30 min, 2 CPU cores)
+    python scripts/package_model.py card                  # train its teachers, then experiment=mix_distill
     python scripts/package_model.py card --skip-train     # package the run already in --work-dir/card/run
     python scripts/package_model.py sentiment-large       # experiment=tfns_mpnet (pip install -e ".[mpnet]")
     python scripts/package_model.py card-large            # experiment=mix_mpnet (a GPU: minutes; 2 CPU cores: ~2.5 h)
@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_quality import EVALS, Experiment, machine, run_experiment  # noqa: E402
+from bench_quality import EVALS, EXPERIMENTS, Experiment, machine, run_experiment  # noqa: E402
 
 # What each training source is, and the licence of the data it comes from (../shared/data/*/SOURCE.md).
 SOURCES = {
@@ -56,6 +56,9 @@ class Recipe:
     experiment: Experiment
     backbone: str  # symbolic name training.packaged_models resolves (newsimpact:minilm)
     summary: str
+    # bench_quality experiments whose exports the recipe's "{work}/NAME/model" overrides name (its
+    # teachers): trained and exported first, unless --work-dir already holds their export
+    teachers: tuple[str, ...] = ()
 
 
 RECIPES = {
@@ -63,12 +66,18 @@ RECIPES = {
         "card",
         Experiment(
             "card",
-            ["experiment=mix_minilm"],
+            [
+                "experiment=mix_distill",
+                # teachers per task: TFNS's MPNet (packaged) and FPB's teach sentiment, FiQA's the score
+                "distill.teacher=[sentiment-large,{work}/fpb_mpnet/model,"
+                "{model_dir: {work}/fiqa_mpnet/model, heads: [sentiment_score]}]",
+            ],
             [EVALS[k] for k in ("tfns", "fpb", "fiqa", "sentfin", "tfn_topic", "stocknet", "weak_topics")],
-            max_minutes=40,
+            max_minutes=60,
         ),
         "newsimpact:minilm",
         "every head of the card (five-level sentiment, score, impact, ticker sentiment, topics) on MiniLM-L6",
+        teachers=("fpb_mpnet", "fiqa_mpnet"),
     ),
     # not built by the project yet: ~2.5 h on 2 CPU cores, minutes on one GPU (docs/RESULTS.md)
     "card-large": Recipe(
@@ -295,6 +304,10 @@ def main() -> None:
              "export.format=adapter", "export.checkpoint=best", "overwrite=true"],
             cwd=ROOT, check=True,
         )  # fmt: skip
+    by_name = {e.name: e for e in EXPERIMENTS}
+    for teacher in recipe.teachers:
+        if not (work / teacher / "model" / "newsimpact.json").is_file():
+            run_experiment(by_name[teacher], work, by_name[teacher].max_minutes or 45, skip_train=False)
     result = run_experiment(recipe.experiment, work, recipe.experiment.max_minutes or 40, args.skip_train)
     speed = measure_speed(export, work / recipe.name)
     packaged = package(recipe, work, result, speed)

@@ -168,6 +168,9 @@ class SourceConfig:
     # Built from the public data on first use (training/derived.py), e.g. weak_topics; root is its cache
     # folder (${derived:NAME}) unless you point it at a copy of your own.
     derived: str | None = None
+    # false: distill.teacher does not score this source's training rows (they learn from their own labels
+    # only), e.g. a large source whose head no teacher knows (StockNet's impact in the card's recipe).
+    distill: bool = True
 
 
 @dataclass
@@ -270,8 +273,9 @@ class CheckpointConfig:
 class DistillConfig:
     """Knowledge distillation from an exported model (training/distill.py)."""
 
-    # An exported model folder, or a list of them ([DIR_A,DIR_B]: an ensemble whose outputs are averaged);
-    # null: no distillation. Read it with teacher_dirs().
+    # An exported model folder, or a list of them ([DIR_A,DIR_B]: teachers per task, each teaching the heads
+    # it was trained on, a head several know their mean); a member may name its heads:
+    # {model_dir: DIR, heads: [sentiment_score]}. null: no distillation. Read it with teacher_members().
     teacher: Any = None
     temperature: float = 2.0  # softens both sentiment distributions in the KL term (scaled by T^2)
     weight: float = 1.0  # weight of the teacher terms next to the hard-label loss
@@ -374,15 +378,40 @@ def source_split_files(source: SourceConfig, split: SplitConfig) -> list[str]:
 DISTILL_HEADS = ("sentiment", "sentiment_score", "impact", "topics")
 
 
-def teacher_dirs(teacher: Any) -> list[str]:
-    """``distill.teacher`` as a list of folders: none, one exported model, or an ensemble ``[DIR_A,DIR_B]``."""
+@dataclass(frozen=True)
+class TeacherMember:
+    """One member of ``distill.teacher``: an exported model and, where given, the heads it teaches."""
+
+    model_dir: str
+    heads: list[str] | None = None  # null: distill.heads, else those its export reports metrics for
+
+
+def teacher_members(teacher: Any) -> list[TeacherMember]:
+    """``distill.teacher`` as its members: none, one exported model, an ensemble ``[DIR_A,DIR_B]``, or
+    members with their own heads, ``[DIR_A,{model_dir: DIR_B, heads: [sentiment_score]}]``. Packaged names
+    resolve to their folders. The form is checked by training/config_checks.py first."""
     from training.packaged_models import resolve_model_dir
 
     if teacher is None:
         return []
-    if isinstance(teacher, str | os.PathLike):
-        return [resolve_model_dir(str(teacher))]
-    return [resolve_model_dir(str(t)) for t in teacher]
+    items = [teacher] if isinstance(teacher, str | os.PathLike) else list(teacher)
+    members = []
+    for item in items:
+        if isinstance(item, str | os.PathLike):
+            members.append(TeacherMember(resolve_model_dir(str(item))))
+        else:
+            heads = item.get("heads")
+            members.append(
+                TeacherMember(
+                    resolve_model_dir(str(item["model_dir"])), None if heads is None else list(heads)
+                )
+            )
+    return members
+
+
+def teacher_dirs(teacher: Any) -> list[str]:
+    """``distill.teacher``'s model folders, in order (see :func:`teacher_members`)."""
+    return [m.model_dir for m in teacher_members(teacher)]
 
 
 def entry_point(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from omegaconf import OmegaConf
 
@@ -20,6 +21,7 @@ from training.config import (
     SourceConfig,
     TrainConfig,
     source_split_files,
+    teacher_members,
 )
 
 
@@ -229,6 +231,21 @@ def _check_monitor(config: TrainConfig, problems: list[str]) -> None:
         )
 
 
+def _member_problem(item: Any) -> str | None:
+    """What is wrong with one mapping member of distill.teacher ({model_dir: DIR, heads: [...]}), if anything."""
+    if not (OmegaConf.is_dict(item) or isinstance(item, dict)):
+        return f"'{item}' is neither a folder nor {{model_dir: DIR, heads: [...]}}"
+    unknown = sorted(set(item) - {"model_dir", "heads"})
+    if unknown:
+        return f"unknown key(s) {unknown} in a member (model_dir, heads)"
+    if not isinstance(item.get("model_dir"), str):
+        return "a member without model_dir"
+    heads = item.get("heads")
+    if heads is not None and not (OmegaConf.is_list(heads) or isinstance(heads, list)):
+        return f"a member's heads={heads} is not a list"
+    return None
+
+
 def _check_distill(config: TrainConfig, problems: list[str]) -> None:
     from training import model_meta
     from training.distill import teacher_heads
@@ -239,21 +256,23 @@ def _check_distill(config: TrainConfig, problems: list[str]) -> None:
         return
     listed = OmegaConf.is_list(teacher) or isinstance(teacher, list | tuple)
     items = [teacher] if isinstance(teacher, str) else list(teacher) if listed else None
-    if items is None or not all(isinstance(t, str) for t in items):
+    if items is None or not all(isinstance(t, str) or _member_problem(t) is None for t in items):
+        bad = next((_member_problem(t) for t in items or [] if not isinstance(t, str)), None)
         problems.append(
-            f"distill.teacher={teacher}: give an exported model folder, or a list of them for an ensemble: "
-            "distill.teacher=[DIR_A,DIR_B]"
+            f"distill.teacher={teacher}: {bad or 'not a model'}; give an exported model folder, or a list "
+            "for teachers per task: distill.teacher=[DIR_A,{model_dir: DIR_B, heads: [sentiment_score]}]"
         )
         return
-    from training.packaged_models import resolve_model_dir
-
-    dirs = [resolve_model_dir(str(t)) for t in items]  # a packaged model's name (card) is a teacher too
-    if not dirs:
+    members = teacher_members(items)  # a packaged model's name (card) is a teacher too
+    if not members:
         problems.append("distill.teacher=[]: name at least one exported model, or distill.teacher=null")
         return
-    key = "distill.teacher" if len(dirs) == 1 else "distill.teacher[{}]"
-    for i, folder in enumerate(dirs):
-        name = key.format(i)
+    key = "distill.teacher" if len(members) == 1 else "distill.teacher[{}]"
+    for i, member in enumerate(members):
+        name, folder = key.format(i), member.model_dir
+        for head in member.heads or []:
+            if head not in DISTILL_HEADS:
+                problems.append(f"{name}.heads: '{head}' is not one of {', '.join(DISTILL_HEADS)}")
         if not (Path(folder) / "newsimpact.json").is_file():
             problems.append(
                 f"{name}='{folder}' is not an exported model (no newsimpact.json); "
@@ -268,7 +287,7 @@ def _check_distill(config: TrainConfig, problems: list[str]) -> None:
                 "distill.hidden_weight=0"
             )
         labels = meta.sentiment_labels
-        heads = teacher_heads(meta.to_dict(), distill.heads)
+        heads = teacher_heads(meta.to_dict(), member.heads if member.heads is not None else distill.heads)
         teaches_sentiment = "sentiment" in heads or not heads  # heads unknown: it may teach sentiment
         allowed = (list(config.schema.sentiment_labels), _coarse_names(config.schema))
         if teaches_sentiment and labels not in allowed:

@@ -243,7 +243,7 @@ def build_splits(
             if source.max_samples is not None and len(ds) > source.max_samples:
                 ds = ds.shuffle(seed=seed).select(range(source.max_samples))
             if teacher is not None and split_name == "train":
-                ds = teacher.attach(ds, name)
+                ds = teacher.attach(ds, name, score=source.distill)
             ds = encode(ds, tokenizer, schema, max_length, replace_urls, topic_scope(source, schema))
             if split_name == "train":
                 ds = _weighted(ds, source.weight, seed)

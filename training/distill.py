@@ -58,8 +58,11 @@ def distill_losses(
     losses: dict[str, torch.Tensor] = {}
     states = batch.get("teacher_embedding")
     if projection is not None and states is not None:
-        mapped = projection(out["pooled"].float())
-        losses["distill_hidden"] = (1.0 - F.cosine_similarity(mapped, states.float(), dim=-1)).mean()
+        known = ~torch.isnan(states).any(-1)  # rows of a source the teacher did not score have none
+        if known.any():
+            mapped = projection(out["pooled"][known].float())
+            cosine = F.cosine_similarity(mapped, states[known].float(), dim=-1)
+            losses["distill_hidden"] = (1.0 - cosine).mean()
     probs = batch.get("teacher_probs")
     if probs is not None:
         rows = ~torch.isnan(probs).any(-1)

@@ -65,7 +65,7 @@ class Teacher:
         from safetensors import safe_open
 
         from inference.runner import model_fingerprint
-        from training.config import ConfigError, teacher_dirs
+        from training.config import ConfigError, teacher_members
         from training.modeling import HEADS_FILE, read_meta
 
         self.config = config
@@ -75,13 +75,17 @@ class Teacher:
             self.precision = (
                 "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
             )
-        self.model_dirs = [str(Path(d).resolve()) for d in teacher_dirs(config.teacher)]
-        assert self.model_dirs, "distill.teacher is not set"
+        members = teacher_members(config.teacher)
+        assert members, "distill.teacher is not set"
+        self.model_dirs = [str(Path(m.model_dir).resolve()) for m in members]
         metas = [read_meta(d) for d in self.model_dirs]
         self.meta = metas[0]
-        # Each member teaches the heads it was trained on (teachers per task: a TFNS model the sentiment, a
-        # topic model the topics); a head several members know gets their mean.
-        self.member_heads = [teacher_heads(meta, config.heads) for meta in metas]
+        # Each member teaches the heads it names, else those it was trained on (teachers per task: a TFNS
+        # model the sentiment, a topic model the topics); a head several members teach gets their mean.
+        self.member_heads = [
+            teacher_heads(meta, m.heads if m.heads is not None else config.heads)
+            for meta, m in zip(metas, members, strict=True)
+        ]
         self.heads = [h for h in DISTILL_HEADS if any(h in each for each in self.member_heads)]
         if not self.heads:
             raise ConfigError(
@@ -124,6 +128,8 @@ class Teacher:
                         "classes for a three-class teacher), or leave sentiment out: distill.heads=[...]"
                     ]
                 )
+        # the width of the teacher_probs column (1: no sentiment target)
+        self.sentiment_width = len(teaching[0][1]) if teaching else 1
         if len({len(labels_) for _, labels_ in teaching}) > 1:
             raise ConfigError(
                 [
@@ -131,6 +137,17 @@ class Teacher:
                     "their distributions cannot be averaged; use sentiment teachers of one scale"
                 ]
             )
+
+    def _no_targets(self, n: int) -> dict[str, np.ndarray]:
+        """NaN targets shaped as :meth:`score`'s, for rows the teacher does not score."""
+        widths = {"teacher_probs": self.sentiment_width, "teacher_topics": len(self.topics)}
+        targets = {
+            key: np.full((n, widths[key]) if key in widths else (n,), np.nan, dtype=np.float32)
+            for key in HEAD_OF_TARGET
+        }
+        if self.hidden:
+            targets["teacher_embedding"] = np.full((n, self.width), np.nan, dtype=np.float32)
+        return targets
 
     def folder(self, texts: Sequence[str], member: int = 0) -> Path:
         digest = hashlib.sha256()
@@ -233,10 +250,11 @@ class Teacher:
             os.replace(part, out / part.name)
         (out / "_SUCCESS").write_text(json.dumps({"teacher": model_dir, "rows": len(texts)}))
 
-    def attach(self, ds: Any, name: str) -> Any:
-        """A canonical ``datasets.Dataset`` with the teacher's outputs as columns (NaN for heads not used)."""
-        targets = self.score(list(ds["text"]), name)
+    def attach(self, ds: Any, name: str, score: bool = True) -> Any:
+        """A canonical ``datasets.Dataset`` with the teacher's outputs as columns (NaN for heads not used).
+        ``score=False`` (a source with ``distill: false``): the same columns, all NaN, no teacher pass."""
         n = len(ds)
+        targets = self.score(list(ds["text"]), name) if score else self._no_targets(n)
         # Heads the student does not learn from the teacher: NaN targets (masked out by the loss).
         for column, head in HEAD_OF_TARGET.items():
             if head not in self.heads:

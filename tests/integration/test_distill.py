@@ -269,6 +269,9 @@ def test_a_teacher_list_is_checked_member_by_member(tiny_bert, exported, tmp_pat
             r"distill.teacher\[1\]='.*nowhere' is not an exported",
         ),
         ("[]", "name at least one exported model"),
+        (f"[{{model_dir: {exported['merged']}, head: [topics]}}]", r"unknown key\(s\) \['head'\]"),
+        (f"[{{model_dir: {exported['merged']}, heads: [score]}}]", r"distill.teacher.heads: 'score' is not"),
+        ("[{heads: [topics]}]", "a member without model_dir"),
     ):
         config = compose_train(tiny_overrides(tiny_bert, tmp_path / "r") + [f"distill.teacher={teacher}"])
         with pytest.raises(ConfigError, match=message):
@@ -340,3 +343,49 @@ def test_teachers_per_task_each_teach_the_heads_they_were_trained_on(tiny_bert, 
     logged = (run_dir / "metrics.csv").read_text().splitlines()[0]
     assert "distill_sentiment" in logged and "distill_topics" in logged
     assert "distill_sentiment_score" not in logged and "distill_impact" not in logged
+
+
+def test_a_member_names_its_heads_and_a_source_can_leave_the_teacher_out(tiny_bert, exported, tmp_path):
+    """distill.teacher=[{model_dir: A, heads: [sentiment_score]}]: A, validated on sentiment, teaches the
+    score only; a source with distill: false is not scored by the teacher, its rows carry no targets (the
+    pooled-state pull included), and the run trains on finite losses."""
+    from tests.conftest import REPO
+    from training.config import DistillConfig
+    from training.teacher import Teacher
+
+    a = _teacher_of(exported, tmp_path, "sentiment_teacher", {"sentiment_acc": 0.6, "sentiment_f1_macro": 0.5})
+    member = f"{{model_dir: {a}, heads: [sentiment_score]}}"
+    config = compose_train(tiny_overrides(tiny_bert, tmp_path / "r"))
+    named = Teacher(
+        DistillConfig(teacher=[{"model_dir": str(a), "heads": ["sentiment_score"]}], cache_dir=str(tmp_path / "c")),
+        list(config.schema.topics),
+        list(config.schema.sentiment_labels),
+    )
+    assert named.member_heads == [["sentiment_score"]] and named.heads == ["sentiment_score"]
+
+    sample = REPO / "data" / "sample"
+    run_dir, cache = tmp_path / "student", tmp_path / "cache"
+    plain = f"{{root: {sample}, format: json, splits: {{train: {{path: train.jsonl}}}}, columns: {{text: text}}}}"
+    student = compose_train(
+        tiny_overrides(tiny_bert, run_dir)
+        + [
+            f"+data.sources.plain={plain}",
+            "+data.sources.sample.distill=false",
+            f"distill.teacher=[{member}]",
+            f"distill.cache_dir={cache}",
+            "distill.hidden_weight=1.0",
+            "trainer.max_steps=6",
+            "trainer.max_epochs=-1",
+        ]
+    )
+    info = train_run(student, run_dir)
+    assert info["status"] == "finished"
+    scored = [json.loads(p.read_text()) for p in cache.glob("*/*/_SUCCESS")]
+    rows = sum(1 for line in (sample / "train.jsonl").read_text().splitlines() if line.strip())
+    assert [s["rows"] for s in scored] == [rows]  # the text-only source alone, not the labelled one
+    with open(run_dir / "metrics.csv") as fh:
+        logged = list(csv.DictReader(fh))
+    assert "train/loss_distill_score" in logged[0] and "train/loss_distill_hidden" in logged[0]
+    assert "train/loss_distill_sentiment" not in logged[0]
+    losses = [float(r["train/loss"]) for r in logged if r.get("train/loss")]
+    assert losses and all(math.isfinite(v) for v in losses)
