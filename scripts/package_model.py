@@ -19,6 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -188,6 +190,23 @@ def _figures_table(evals: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def recipe_commands(recipe: Recipe) -> str:
+    """The commands that train the recipe's teachers, then the model, then export it, as a user types them
+    (a teacher's export at exports/NAME)."""
+    by_name = {e.name: e for e in EXPERIMENTS}
+    steps = [(by_name[t].name, by_name[t].overrides) for t in recipe.teachers]
+    steps.append((recipe.name, recipe.experiment.overrides))
+    lines = []
+    for name, overrides in steps:
+        words = [re.sub(r"\{work\}/([\w-]+)/model", r"exports/\1", o) for o in overrides]
+        lines.append(f"newsimpact train {' '.join(shlex.quote(w) for w in words)} run_dir=runs/{name}")
+        lines.append(
+            f"newsimpact export run_dir=runs/{name} output_dir=exports/{name} export.format=adapter "
+            "export.checkpoint=best"
+        )
+    return "\n".join(lines)
+
+
 def model_card(recipe: Recipe, result: dict[str, Any], sources: list[dict[str, str]], size: int,
                speed: dict[str, Any], meta: dict[str, Any]) -> str:  # fmt: skip
     restricted = [s for s in sources if any(m in s["licence"] for m in NON_COMMERCIAL)]
@@ -231,8 +250,7 @@ def model_card(recipe: Recipe, result: dict[str, Any], sources: list[dict[str, s
 
 ## Training recipe
 ```bash
-newsimpact train {" ".join(recipe.experiment.overrides)} run_dir=runs/{recipe.name}
-newsimpact export run_dir=runs/{recipe.name} output_dir=exports/{recipe.name} export.format=adapter export.checkpoint=best
+{recipe_commands(recipe)}
 ```
 Rebuilt with `python scripts/package_model.py {recipe.name}` (with the public datasets in
 `$NEWSIMPACT_DATA_DIR`); trained {result.get("train_seconds") or 0:.0f} s to step {result.get("global_step")},

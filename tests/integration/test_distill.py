@@ -353,11 +353,15 @@ def test_a_member_names_its_heads_and_a_source_can_leave_the_teacher_out(tiny_be
     from training.config import DistillConfig
     from training.teacher import Teacher
 
-    a = _teacher_of(exported, tmp_path, "sentiment_teacher", {"sentiment_acc": 0.6, "sentiment_f1_macro": 0.5})
+    a = _teacher_of(
+        exported, tmp_path, "sentiment_teacher", {"sentiment_acc": 0.6, "sentiment_f1_macro": 0.5}
+    )
     member = f"{{model_dir: {a}, heads: [sentiment_score]}}"
     config = compose_train(tiny_overrides(tiny_bert, tmp_path / "r"))
     named = Teacher(
-        DistillConfig(teacher=[{"model_dir": str(a), "heads": ["sentiment_score"]}], cache_dir=str(tmp_path / "c")),
+        DistillConfig(
+            teacher=[{"model_dir": str(a), "heads": ["sentiment_score"]}], cache_dir=str(tmp_path / "c")
+        ),
         list(config.schema.topics),
         list(config.schema.sentiment_labels),
     )
@@ -365,7 +369,9 @@ def test_a_member_names_its_heads_and_a_source_can_leave_the_teacher_out(tiny_be
 
     sample = REPO / "data" / "sample"
     run_dir, cache = tmp_path / "student", tmp_path / "cache"
-    plain = f"{{root: {sample}, format: json, splits: {{train: {{path: train.jsonl}}}}, columns: {{text: text}}}}"
+    plain = (
+        f"{{root: {sample}, format: json, splits: {{train: {{path: train.jsonl}}}}, columns: {{text: text}}}}"
+    )
     student = compose_train(
         tiny_overrides(tiny_bert, run_dir)
         + [
