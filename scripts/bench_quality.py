@@ -410,7 +410,7 @@ def write_section(
 ) -> None:
     """Replace the text between ``markers`` in ``path`` (or append a section ``title`` holding them)."""
     begin, end = markers
-    text = path.read_text()
+    text = path.read_text() if path.exists() else ""  # a new file: the section alone
     if begin in text and end in text:
         head, rest = text.split(begin, 1)
         text = head + begin + "\n" + body + "\n" + end + rest.split(end, 1)[1]
